@@ -1,0 +1,460 @@
+//! `Cache<T, P>`: one head's slot store + score table + an eviction policy.
+//!
+//! The decode path is split into a check phase that only reads the cache and
+//! writes scratch, and a commit phase that cannot fail. That is how every
+//! `Err` leaves the cache untouched, and how [`LayerCache`](crate::LayerCache)
+//! checks all heads before it changes any.
+
+use num_traits::{Float, One, Zero};
+use smallvec::SmallVec;
+
+use crate::element::{Accumulator, Element, first_non_finite};
+use crate::error::{Error, Result};
+use crate::kernels;
+use crate::kv_cache::{KvCache, Tokens};
+use crate::policy::{Candidate, EvictionPolicy};
+use crate::store::{SlotState, SlotStore};
+
+/// The largest `head_dim` a cache accepts.
+pub const MAX_HEAD_DIM: usize = 1 << 16;
+
+/// A single-head KV cache: fixed slot store, accumulated-score table and an
+/// eviction policy `P`.
+///
+/// Use it through the aliases [`FullCache`](crate::FullCache),
+/// [`RecentOnly`](crate::RecentOnly), [`HeavyOnly`](crate::HeavyOnly) and
+/// [`H2OCache`](crate::H2OCache), or with [`AnyPolicy`](crate::AnyPolicy) to
+/// pick the policy at run time. All methods of the decode loop are in
+/// [`KvCache`].
+///
+/// # Memory
+/// Allocated once at construction: keys and values `[capacity × head_dim]`
+/// each, plus `capacity` positions (u64) and scores (f64), and scratch for
+/// one query's logits. Decode calls never allocate.
+///
+/// # Scores
+/// Accumulated scores are `f64` whatever `T` is. A long stream adds about 1
+/// per step to the table (an attention sink can gain nearly 1 per step); in
+/// f32 a score of 10^6 has a spacing of 1/16, so small weights would vanish,
+/// while f64 keeps 2^-52 relative precision for the whole table. The table
+/// is `capacity` entries, so the cost is negligible next to the key/value rows.
+#[derive(Debug, Clone)]
+pub struct Cache<T: Element, P: EvictionPolicy> {
+    policy: P,
+    head_dim: usize,
+    scale: T::Acc,
+    store: SlotStore<T>,
+    /// `[slots]`: accumulated attention score of the token in each slot.
+    scores: Vec<f64>,
+    /// Position the next inserted token gets.
+    next_position: u64,
+    /// `[group_capacity × slots]`: raw logits of the last attention.
+    logits: Vec<T::Acc>,
+    /// `[group_capacity × slots]`: softmax weights of the last attention.
+    weights: Vec<T::Acc>,
+    /// `[group_capacity × head_dim]`: outputs in the accumulator type.
+    out_acc: Vec<T::Acc>,
+    /// `[group_capacity × head_dim]`: outputs returned to the caller.
+    out: Vec<T>,
+    /// Queries per attention call the scratch has room for.
+    group_capacity: usize,
+    /// Shape of the last computed attention: (queries, slots covered).
+    last: Option<(usize, usize)>,
+    /// Positions evicted by the last call; one inline slot covers decode.
+    last_evicted: SmallVec<[u64; 2]>,
+}
+
+impl<T: Element, P: EvictionPolicy> Cache<T, P> {
+    /// A cache for one head of `head_dim` under `policy`, with softmax scale
+    /// `1/√head_dim`.
+    ///
+    /// # Errors
+    /// - [`Error::ZeroHeadDim`], [`Error::HeadDimTooLarge`] (above
+    ///   [`MAX_HEAD_DIM`]);
+    /// - [`Error::InvalidSplit`] if the policy protects more tokens than its
+    ///   budget;
+    /// - [`Error::AllocationFailed`] if the buffers cannot be allocated.
+    pub fn with_policy(head_dim: usize, policy: P) -> Result<Self> {
+        if head_dim == 0 {
+            return Err(Error::ZeroHeadDim);
+        }
+        if head_dim > MAX_HEAD_DIM {
+            return Err(Error::HeadDimTooLarge { head_dim, max: MAX_HEAD_DIM });
+        }
+        let budget = policy.budget();
+        crate::policy::check_budget(budget)?;
+        if policy.recent_window() > budget {
+            return Err(Error::InvalidSplit { budget, recent: policy.recent_window() });
+        }
+        let slots = if policy.evicts() { budget + 1 } else { budget };
+        let store = SlotStore::new(slots, head_dim, policy.recent_window())?;
+        let mut cache = Self {
+            scale: T::Acc::one() / T::Acc::from_usize(head_dim).sqrt(),
+            head_dim,
+            store,
+            scores: Vec::new(),
+            next_position: 0,
+            logits: Vec::new(),
+            weights: Vec::new(),
+            out_acc: Vec::new(),
+            out: Vec::new(),
+            group_capacity: 0,
+            last: None,
+            last_evicted: SmallVec::new(),
+            policy,
+        };
+        cache.scores = try_vec(slots, 0.0)?;
+        cache.reserve_group(1)?;
+        Ok(cache)
+    }
+
+    /// The same cache with softmax scale `scale` instead of `1/√head_dim`
+    /// (the seed walkthrough uses 1). Logits are `scale · q·k`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidScale`] unless `scale` is finite and positive.
+    pub fn with_scale(mut self, scale: f64) -> Result<Self> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::InvalidScale { scale });
+        }
+        self.scale = T::Acc::narrow(scale);
+        Ok(self)
+    }
+
+    /// The eviction policy.
+    #[must_use]
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    /// The softmax scale, widened to f64.
+    #[must_use]
+    pub fn scale(&self) -> f64 {
+        self.scale.widen()
+    }
+
+    /// Bytes allocated for keys and values: `capacity · 2 · head_dim · size_of::<T>()`.
+    #[must_use]
+    pub fn allocated_kv_bytes(&self) -> usize {
+        self.store.slots() * 2 * self.head_dim * size_of::<T>()
+    }
+
+    /// The first query's logits and weights from the last
+    /// [`attend`](KvCache::attend) or step, one entry per token it covered,
+    /// in slot order. Empty once an `insert`, `evict` or `reset` has changed
+    /// the resident set since (the entries would no longer match).
+    ///
+    /// Meant for inspection and teaching (the walkthrough prints it).
+    pub fn last_attention(&self) -> impl Iterator<Item = AttentionEntry> + '_ {
+        let rows = match self.last {
+            Some((_, rows)) => rows,
+            None => 0,
+        };
+        (0..rows).filter(|&s| self.store.state(s) != SlotState::Free).map(|s| AttentionEntry {
+            position: self.store.position(s),
+            logit: self.logits[s].widen(),
+            weight: self.weights[s].widen(),
+        })
+    }
+
+    // ---- checks (read-only) ----------------------------------------------
+
+    pub(crate) fn check_vector(&self, what: &'static str, x: &[T], len: usize) -> Result<()> {
+        if x.len() != len {
+            return Err(Error::LengthMismatch { what, expected: len, got: x.len() });
+        }
+        match first_non_finite(x) {
+            Some((index, value)) => Err(Error::NonFinite { what, index, value }),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_key_value(&self, key: &[T], value: &[T]) -> Result<()> {
+        self.check_vector("key", key, self.head_dim)?;
+        self.check_vector("value", value, self.head_dim)
+    }
+
+    /// Whether `n` more tokens fit in the store right now.
+    pub(crate) fn check_room(&self, n: usize) -> Result<()> {
+        let (len, capacity) = (self.store.len(), self.store.slots());
+        if n > capacity - len {
+            return Err(Error::CapacityExceeded { len, capacity, requested: n });
+        }
+        Ok(())
+    }
+
+    /// Grows the attention scratch to take `group` queries per call.
+    pub(crate) fn reserve_group(&mut self, group: usize) -> Result<()> {
+        if group <= self.group_capacity {
+            return Ok(());
+        }
+        let slots = self.store.slots();
+        let n = group.checked_mul(slots).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
+        self.logits = try_vec(n, T::Acc::zero())?;
+        self.weights = try_vec(n, T::Acc::zero())?;
+        self.out_acc = try_vec(group * self.head_dim, T::Acc::zero())?;
+        self.out = try_vec(group * self.head_dim, T::default())?;
+        self.group_capacity = group;
+        Ok(())
+    }
+
+    // ---- two-phase decode ------------------------------------------------
+
+    /// Writes a token into the vacant slot without occupying it.
+    /// The caller has checked room, lengths and finiteness.
+    pub(crate) fn stage(&mut self, key: &[T], value: &[T]) -> usize {
+        let slot = self.store.vacant_slot().expect("room was checked");
+        self.store.write_rows(slot, key, value);
+        slot
+    }
+
+    /// Attention of `queries` (`[g × head_dim]`, checked) over the resident
+    /// tokens plus the `staged` slot, into scratch. Changes no cache state.
+    pub(crate) fn compute(&mut self, queries: &[T], staged: Option<usize>) -> Result<()> {
+        let d = self.head_dim;
+        let g = queries.len() / d;
+        debug_assert!(g <= self.group_capacity);
+        let stride = self.store.slots();
+        let rows = match staged {
+            Some(slot) => self.store.high_water().max(slot + 1),
+            None => self.store.high_water(),
+        };
+        self.last = None;
+        kernels::scaled_logits(
+            &mut self.logits,
+            stride,
+            queries,
+            self.store.keys(rows),
+            d,
+            self.scale,
+        );
+        for q in 0..g {
+            let logits = &self.logits[q * stride..][..rows];
+            let weights = &mut self.weights[q * stride..][..rows];
+            for s in 0..rows {
+                let live = self.store.state(s) != SlotState::Free || Some(s) == staged;
+                if !live {
+                    weights[s] = T::Acc::neg_infinity();
+                } else if logits[s].is_finite() {
+                    weights[s] = logits[s];
+                } else {
+                    return Err(Error::AttentionOverflow { what: "logit" });
+                }
+            }
+            kernels::softmax_in_place(weights);
+        }
+        let out = &mut self.out_acc[..g * d];
+        kernels::weighted_sum(out, &self.weights, stride, self.store.values(rows), d);
+        if out.iter().any(|x| !x.is_finite()) {
+            return Err(Error::AttentionOverflow { what: "output" });
+        }
+        self.last = Some((g, rows));
+        Ok(())
+    }
+
+    /// Occupies a staged slot with the next position; its score starts at 0.
+    pub(crate) fn commit_insert(&mut self, slot: usize) -> u64 {
+        let position = self.next_position;
+        self.store.occupy(slot, position);
+        self.store.push_recent(slot);
+        self.scores[slot] = 0.0;
+        self.next_position += 1;
+        position
+    }
+
+    /// Adds the computed weights to the scores (a group's weights are summed)
+    /// and returns the outputs `[g × head_dim]`.
+    pub(crate) fn commit_attention(&mut self) -> &[T] {
+        let Some((g, rows)) = self.last else { return &[] };
+        let stride = self.store.slots();
+        for q in 0..g {
+            for (score, w) in self.scores[..rows].iter_mut().zip(&self.weights[q * stride..][..rows]) {
+                *score += w.widen();
+            }
+        }
+        let n = g * self.head_dim;
+        for (o, a) in self.out[..n].iter_mut().zip(&self.out_acc[..n]) {
+            *o = T::from_acc(*a);
+        }
+        &self.out[..n]
+    }
+
+    /// Evicts down to the budget, recording the evicted positions.
+    pub(crate) fn evict_to_budget(&mut self) {
+        self.last_evicted.clear();
+        if !self.policy.evicts() {
+            return;
+        }
+        while self.store.len() > self.policy.budget() {
+            let Some(victim) = self.select_victim() else { break };
+            self.last_evicted.push(self.store.position(victim));
+            self.store.release(victim);
+            self.last = None;
+        }
+        self.last_evicted.sort_unstable();
+    }
+
+    /// The candidate the policy evicts first: one scan over the candidates.
+    fn select_victim(&self) -> Option<usize> {
+        let mut best: Option<(usize, Candidate)> = None;
+        for (s, &state) in self.store.states().iter().enumerate() {
+            if state != SlotState::Candidate {
+                continue;
+            }
+            let c = Candidate { position: self.store.position(s), score: self.scores[s] };
+            match &best {
+                Some((_, b)) if !self.policy.eviction_order(&c, b).is_lt() => {}
+                _ => best = Some((s, c)),
+            }
+        }
+        best.map(|(s, _)| s)
+    }
+
+    pub(crate) fn store(&self) -> &SlotStore<T> {
+        &self.store
+    }
+
+    pub(crate) fn scale_acc(&self) -> T::Acc {
+        self.scale
+    }
+
+    pub(crate) fn parts_mut(&mut self) -> CacheParts<'_, T, P> {
+        CacheParts {
+            policy: &self.policy,
+            store: &mut self.store,
+            scores: &mut self.scores,
+            next_position: &mut self.next_position,
+            last_evicted: &mut self.last_evicted,
+        }
+    }
+
+    pub(crate) fn invalidate_attention(&mut self) {
+        self.last = None;
+    }
+}
+
+/// Mutable views used by prefill's commit.
+pub(crate) struct CacheParts<'a, T, P> {
+    pub(crate) policy: &'a P,
+    pub(crate) store: &'a mut SlotStore<T>,
+    pub(crate) scores: &'a mut [f64],
+    pub(crate) next_position: &'a mut u64,
+    pub(crate) last_evicted: &'a mut SmallVec<[u64; 2]>,
+}
+
+/// One token's logit and weight in the last attention; see
+/// [`Cache::last_attention`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionEntry {
+    /// Absolute token position.
+    pub position: u64,
+    /// `scale · q·k`, widened to f64.
+    pub logit: f64,
+    /// Softmax weight, widened to f64.
+    pub weight: f64,
+}
+
+impl<T: Element, P: EvictionPolicy> KvCache<T> for Cache<T, P> {
+    fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    fn budget(&self) -> usize {
+        self.policy.budget()
+    }
+
+    fn capacity(&self) -> usize {
+        self.store.slots()
+    }
+
+    fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    fn insert(&mut self, key: &[T], value: &[T]) -> Result<u64> {
+        self.check_key_value(key, value)?;
+        self.check_room(1)?;
+        let slot = self.stage(key, value);
+        self.last = None;
+        self.last_evicted.clear();
+        Ok(self.commit_insert(slot))
+    }
+
+    fn attend(&mut self, query: &[T]) -> Result<&[T]> {
+        self.check_vector("query", query, self.head_dim)?;
+        self.compute(query, None)?;
+        self.last_evicted.clear();
+        Ok(self.commit_attention())
+    }
+
+    fn evict(&mut self) -> &[u64] {
+        self.evict_to_budget();
+        &self.last_evicted
+    }
+
+    fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+        self.check_vector("query", query, self.head_dim)?;
+        self.check_key_value(key, value)?;
+        self.check_room(1)?;
+        let slot = self.stage(key, value);
+        self.compute(query, Some(slot))?;
+        self.commit_insert(slot);
+        self.commit_attention();
+        self.evict_to_budget();
+        Ok(&self.out[..self.head_dim])
+    }
+
+    fn step_document_order(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+        self.check_vector("query", query, self.head_dim)?;
+        self.check_key_value(key, value)?;
+        self.check_room(1)?;
+        self.compute(query, None)?;
+        self.commit_attention();
+        let slot = self.stage(key, value);
+        self.commit_insert(slot);
+        self.evict_to_budget();
+        Ok(&self.out[..self.head_dim])
+    }
+
+    fn prefill(&mut self, queries: &[T], keys: &[T], values: &[T], out: &mut [T]) -> Result<()> {
+        let plan = crate::prefill::plan(self, 1, queries, keys, values)?;
+        if out.len() != plan.outputs.len() {
+            return Err(Error::LengthMismatch { what: "out", expected: plan.outputs.len(), got: out.len() });
+        }
+        crate::prefill::commit(self, &plan, keys, values);
+        out.copy_from_slice(&plan.outputs);
+        Ok(())
+    }
+
+    fn tokens(&self) -> Tokens<'_> {
+        Tokens::new(self.store.positions(), self.store.states(), &self.scores)
+    }
+
+    fn last_evicted(&self) -> &[u64] {
+        &self.last_evicted
+    }
+
+    fn reset(&mut self) {
+        self.store.reset();
+        self.scores.iter_mut().for_each(|s| *s = 0.0);
+        self.next_position = 0;
+        self.last = None;
+        self.last_evicted.clear();
+    }
+}
+
+pub(crate) fn try_vec<X: Clone>(n: usize, x: X) -> Result<Vec<X>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::AllocationFailed { bytes: n.saturating_mul(size_of::<X>()) })?;
+    v.resize(n, x);
+    Ok(v)
+}

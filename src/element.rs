@@ -1,0 +1,187 @@
+//! The float types a cache can store, and the type each one accumulates in.
+
+use core::fmt::Debug;
+use core::ops::AddAssign;
+
+use num_traits::Float;
+
+/// The type attention arithmetic runs in: `f32` or `f64`.
+///
+/// Logits, softmax weights and output sums are computed in the accumulator of
+/// the stored type (see [`Element::Acc`]); accumulated scores are always `f64`.
+pub trait Accumulator: Float + AddAssign + Debug + Default + Send + Sync + 'static {
+    /// Widens to `f64` (exact for `f32` and `f64`).
+    fn widen(self) -> f64;
+    /// Narrows from `f64`, rounding to nearest.
+    fn narrow(x: f64) -> Self;
+    /// Converts a `usize` (used for `sqrt(head_dim)`).
+    fn from_usize(x: usize) -> Self;
+}
+
+impl Accumulator for f32 {
+    #[inline]
+    fn widen(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn narrow(x: f64) -> Self {
+        x as f32
+    }
+    #[inline]
+    fn from_usize(x: usize) -> Self {
+        x as f32
+    }
+}
+
+impl Accumulator for f64 {
+    #[inline]
+    fn widen(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn narrow(x: f64) -> Self {
+        x
+    }
+    #[inline]
+    fn from_usize(x: usize) -> Self {
+        x as f64
+    }
+}
+
+/// A key/value element type: `f32`, `f64`, and with the `half` feature
+/// `half::f16` and `half::bf16`.
+///
+/// | type | stored as | attention computed in |
+/// |---|---|---|
+/// | `f32` | f32 | f32 |
+/// | `f64` | f64 | f64 |
+/// | `half::f16` | f16 | f32 |
+/// | `half::bf16` | bf16 | f32 |
+///
+/// Half types accumulate in f32 because rounding a logit to f16 before the
+/// softmax loses precision and can overflow to infinity.
+pub trait Element: Copy + Debug + Default + PartialEq + Send + Sync + 'static {
+    /// The type logits, weights and outputs are computed in.
+    type Acc: Accumulator;
+    /// Widens to the accumulator type.
+    fn to_acc(self) -> Self::Acc;
+    /// Narrows from the accumulator type, rounding to nearest.
+    fn from_acc(x: Self::Acc) -> Self;
+    /// Widens to `f64`, for error reports and tests.
+    fn to_f64(self) -> f64;
+    /// Whether the value is neither NaN nor infinite.
+    fn is_finite(self) -> bool;
+}
+
+impl Element for f32 {
+    type Acc = f32;
+    #[inline]
+    fn to_acc(self) -> f32 {
+        self
+    }
+    #[inline]
+    fn from_acc(x: f32) -> Self {
+        x
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline]
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+}
+
+impl Element for f64 {
+    type Acc = f64;
+    #[inline]
+    fn to_acc(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn from_acc(x: f64) -> Self {
+        x
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline]
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
+    }
+}
+
+#[cfg(feature = "half")]
+impl Element for half::f16 {
+    type Acc = f32;
+    #[inline]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline]
+    fn from_acc(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    #[inline]
+    fn is_finite(self) -> bool {
+        half::f16::is_finite(self)
+    }
+}
+
+#[cfg(feature = "half")]
+impl Element for half::bf16 {
+    type Acc = f32;
+    #[inline]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline]
+    fn from_acc(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self.to_f64()
+    }
+    #[inline]
+    fn is_finite(self) -> bool {
+        half::bf16::is_finite(self)
+    }
+}
+
+/// Returns the index and value of the first non-finite element, if any.
+#[inline]
+pub(crate) fn first_non_finite<T: Element>(xs: &[T]) -> Option<(usize, f64)> {
+    // A branch-free fold first: the common case (all finite) stays one pass.
+    if xs.iter().all(|x| x.is_finite()) {
+        return None;
+    }
+    xs.iter().position(|x| !x.is_finite()).map(|i| (i, xs[i].to_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_first_non_finite() {
+        assert_eq!(first_non_finite(&[1.0f32, 2.0]), None);
+        let (i, v) = first_non_finite(&[1.0f32, f32::INFINITY, f32::NAN]).unwrap();
+        assert_eq!(i, 1);
+        assert!(v.is_infinite());
+        // Subnormals are finite and accepted.
+        assert_eq!(first_non_finite(&[f32::MIN_POSITIVE / 2.0]), None);
+    }
+
+    #[test]
+    fn round_trips() {
+        assert_eq!(f32::from_acc(1.5f32.to_acc()), 1.5);
+        assert_eq!(<f64 as Element>::to_f64(2.25), 2.25);
+    }
+}

@@ -1,0 +1,131 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong when building or driving a cache.
+///
+/// Every fallible call validates its input before it touches the cache, so an
+/// `Err` always leaves the cache exactly as it was before the call.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A slice argument has the wrong number of elements.
+    #[error("{what} has {got} elements, expected {expected}")]
+    LengthMismatch {
+        /// Which argument (`"query"`, `"key"`, `"value"`, `"out"`, ...).
+        what: &'static str,
+        /// Elements the call needs.
+        expected: usize,
+        /// Elements it was given.
+        got: usize,
+    },
+    /// A slice of rows is not a whole number of `head_dim`-long rows.
+    #[error("{what} has {len} elements, not a multiple of head_dim {head_dim}")]
+    RaggedRows {
+        /// Which argument.
+        what: &'static str,
+        /// Its length in elements.
+        len: usize,
+        /// The row length it must be a multiple of.
+        head_dim: usize,
+    },
+    /// `head_dim` is zero.
+    #[error("head_dim must be at least 1")]
+    ZeroHeadDim,
+    /// `head_dim` is larger than [`MAX_HEAD_DIM`](crate::MAX_HEAD_DIM).
+    #[error("head_dim {head_dim} exceeds the supported maximum {max}")]
+    HeadDimTooLarge {
+        /// The requested head dimension.
+        head_dim: usize,
+        /// The largest supported head dimension.
+        max: usize,
+    },
+    /// A budget or capacity of zero tokens.
+    #[error("budget must be at least 1 token")]
+    ZeroBudget,
+    /// A budget larger than [`MAX_BUDGET`](crate::MAX_BUDGET) tokens.
+    #[error("budget of {budget} tokens exceeds the supported maximum {max}")]
+    BudgetTooLarge {
+        /// The requested budget in tokens.
+        budget: usize,
+        /// The largest supported budget in tokens.
+        max: usize,
+    },
+    /// A policy protects more recent tokens than its budget holds.
+    #[error("recent window of {recent} tokens exceeds the budget of {budget} tokens")]
+    InvalidSplit {
+        /// The policy's budget in tokens.
+        budget: usize,
+        /// The policy's recent window in tokens.
+        recent: usize,
+    },
+    /// A heavy fraction outside `[0, 1]` (or NaN).
+    #[error("heavy fraction {fraction} is not within [0, 1]")]
+    InvalidHeavyFraction {
+        /// The fraction given.
+        fraction: f64,
+    },
+    /// A softmax scale that is not finite and positive.
+    #[error("softmax scale {scale} is not finite and positive")]
+    InvalidScale {
+        /// The scale given.
+        scale: f64,
+    },
+    /// A query, key or value element is NaN or infinite.
+    #[error("{what}[{index}] is not finite ({value})")]
+    NonFinite {
+        /// Which argument (`"query"`, `"key"`, `"value"`).
+        what: &'static str,
+        /// Index of the first offending element in the slice.
+        index: usize,
+        /// The offending value, widened to f64.
+        value: f64,
+    },
+    /// The attention computation overflowed: a logit or an output element came
+    /// out non-finite although every input was finite (inputs of huge magnitude).
+    #[error("attention overflowed: {what} is not finite")]
+    AttentionOverflow {
+        /// `"logit"` or `"output"`.
+        what: &'static str,
+    },
+    /// The cache cannot take the tokens: a [`FullCache`](crate::FullCache) at
+    /// its capacity, or an evicting cache already one token over its budget
+    /// (call [`evict`](crate::KvCache::evict) first).
+    #[error("cache holds {len} of at most {capacity} tokens and cannot take {requested} more")]
+    CapacityExceeded {
+        /// Tokens resident now.
+        len: usize,
+        /// Tokens the cache can hold at once.
+        capacity: usize,
+        /// Tokens the call tried to add.
+        requested: usize,
+    },
+    /// The cache's fixed buffers could not be allocated.
+    #[error("could not allocate {bytes} bytes for the cache")]
+    AllocationFailed {
+        /// Bytes requested (saturated at `usize::MAX`).
+        bytes: usize,
+    },
+    /// `n_heads` is zero or not a multiple of `n_kv_heads` (or `n_kv_heads` is zero).
+    #[error("n_heads {n_heads} is not a positive multiple of n_kv_heads {n_kv_heads}")]
+    InvalidHeadCounts {
+        /// Query heads.
+        n_heads: usize,
+        /// Key/value heads.
+        n_kv_heads: usize,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_the_numbers() {
+        let e = Error::LengthMismatch { what: "key", expected: 64, got: 63 };
+        assert_eq!(e.to_string(), "key has 63 elements, expected 64");
+        let e = Error::CapacityExceeded { len: 4, capacity: 4, requested: 1 };
+        assert!(e.to_string().contains("4 of at most 4"));
+    }
+}

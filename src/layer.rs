@@ -1,0 +1,367 @@
+//! `LayerCache`: one attention layer, multi-head or grouped-query (GQA).
+
+use crate::cache::{Cache, try_vec};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::policy::EvictionPolicy;
+use crate::prefill;
+
+/// A layer's KV cache: one [`Cache`] per KV head, all under the same policy.
+///
+/// With `n_heads = g · n_kv_heads` (grouped-query attention; `g = 1` is plain
+/// multi-head attention, `n_kv_heads = 1` multi-query), query heads
+/// `h·g .. (h+1)·g` share KV head `h`, as in llama.cpp and llama2.c.
+///
+/// - Each KV head reads each of its key and value rows once per step for its
+///   whole group of `g` query heads.
+/// - A KV head's accumulated score for a token is the **sum** of its `g` query
+///   heads' softmax weights (the mean gives the same decisions, since each KV
+///   head evicts on its own).
+/// - Each KV head evicts independently, so different heads may keep different
+///   positions (as in the authors' code, per head).
+///
+/// Shapes (row-major): a query is `[n_heads × head_dim]`, a key or value
+/// `[n_kv_heads × head_dim]`, an output `[n_heads × head_dim]`. Prefill takes
+/// `P` of each, token-major: `[P × n_heads × head_dim]` and
+/// `[P × n_kv_heads × head_dim]`.
+///
+/// Every call checks all heads before it changes any: an `Err` leaves the
+/// whole layer as it was.
+///
+/// # Example
+/// ```
+/// use h2o_kv::{H2O, LayerCache};
+///
+/// // 4 query heads share 2 KV heads of dimension 8; each keeps 3 + 3 tokens.
+/// let mut layer = LayerCache::<f32, _>::new(4, 2, 8, H2O::new(3, 3)?)?;
+/// for t in 0..20 {
+///     let q = vec![0.1 * t as f32; 4 * 8];
+///     let kv = vec![0.2; 2 * 8];
+///     let out = layer.step(&q, &kv, &kv)?;
+///     assert_eq!(out.len(), 4 * 8);
+/// }
+/// assert_eq!(layer.len(), 6);
+/// # Ok::<(), h2o_kv::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LayerCache<T: Element, P: EvictionPolicy> {
+    heads: Vec<Cache<T, P>>,
+    n_heads: usize,
+    head_dim: usize,
+    /// `[n_heads × head_dim]`: outputs of the last step or attend.
+    out: Vec<T>,
+}
+
+impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
+    /// A layer of `n_kv_heads` caches of `head_dim` under `policy`, serving
+    /// `n_heads` query heads. Softmax scale `1/√head_dim`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidHeadCounts`] unless `n_kv_heads ≥ 1` and `n_heads` is a
+    /// positive multiple of it; otherwise as [`Cache::with_policy`].
+    pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize, policy: P) -> Result<Self> {
+        if n_kv_heads == 0 || n_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::InvalidHeadCounts { n_heads, n_kv_heads });
+        }
+        let mut head = Cache::with_policy(head_dim, policy)?;
+        head.reserve_group(n_heads / n_kv_heads)?;
+        let mut heads = Vec::new();
+        heads.try_reserve_exact(n_kv_heads).map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
+        heads.resize(n_kv_heads, head);
+        Ok(Self { heads, n_heads, head_dim, out: try_vec(n_heads * head_dim, T::default())? })
+    }
+
+    /// The same layer with softmax scale `scale` on every head.
+    ///
+    /// # Errors
+    /// [`Error::InvalidScale`] unless `scale` is finite and positive.
+    pub fn with_scale(self, scale: f64) -> Result<Self> {
+        let Self { heads, n_heads, head_dim, out } = self;
+        let heads = heads.into_iter().map(|h| h.with_scale(scale)).collect::<Result<_>>()?;
+        Ok(Self { heads, n_heads, head_dim, out })
+    }
+
+    /// Query heads.
+    #[must_use]
+    pub fn n_heads(&self) -> usize {
+        self.n_heads
+    }
+
+    /// Key/value heads.
+    #[must_use]
+    pub fn n_kv_heads(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Elements per head vector.
+    #[must_use]
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Query heads per KV head.
+    #[must_use]
+    pub fn group_size(&self) -> usize {
+        self.n_heads / self.heads.len()
+    }
+
+    /// The cache of KV head `kv_head`, or `None` if out of range.
+    #[must_use]
+    pub fn head(&self, kv_head: usize) -> Option<&Cache<T, P>> {
+        self.heads.get(kv_head)
+    }
+
+    /// All KV heads' caches, in head order.
+    #[must_use]
+    pub fn heads(&self) -> &[Cache<T, P>] {
+        &self.heads
+    }
+
+    /// Tokens resident per KV head (the same for every head).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.heads[0].len()
+    }
+
+    /// Whether no token is resident.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tokens kept per KV head after each eviction.
+    #[must_use]
+    pub fn budget(&self) -> usize {
+        self.heads[0].budget()
+    }
+
+    /// The position the next inserted token gets.
+    #[must_use]
+    pub fn next_position(&self) -> u64 {
+        self.heads[0].next_position()
+    }
+
+    /// Key and value bytes held by resident tokens, over all KV heads.
+    #[must_use]
+    pub fn kv_bytes(&self) -> usize {
+        self.heads.iter().map(KvCache::kv_bytes).sum()
+    }
+
+    /// Forgets every token in every head; positions restart at 0.
+    pub fn reset(&mut self) {
+        self.heads.iter_mut().for_each(KvCache::reset);
+    }
+
+    fn check_query(&self, query: &[T]) -> Result<()> {
+        self.heads[0].check_vector("query", query, self.n_heads * self.head_dim)
+    }
+
+    fn check_key_value(&self, key: &[T], value: &[T]) -> Result<()> {
+        let len = self.heads.len() * self.head_dim;
+        self.heads[0].check_vector("key", key, len)?;
+        self.heads[0].check_vector("value", value, len)?;
+        self.heads.iter().try_for_each(|h| h.check_room(1))
+    }
+
+    fn group_query<'q>(&self, query: &'q [T], h: usize) -> &'q [T] {
+        let g = self.group_size() * self.head_dim;
+        &query[h * g..][..g]
+    }
+
+    fn row<'x>(&self, x: &'x [T], h: usize) -> &'x [T] {
+        &x[h * self.head_dim..][..self.head_dim]
+    }
+
+    /// Copies each head's committed outputs into the layer output.
+    fn commit_all(&mut self, staged: Option<&[usize]>) {
+        let g = self.group_size() * self.head_dim;
+        for (h, head) in self.heads.iter_mut().enumerate() {
+            if let Some(slots) = staged {
+                head.commit_insert(slots[h]);
+            }
+            let out = head.commit_attention();
+            self.out[h * g..][..g].copy_from_slice(out);
+        }
+    }
+
+    /// One decode step in transformer order for every head: insert, attend,
+    /// evict. Returns the output `[n_heads × head_dim]` (valid until the next call).
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`], [`Error::NonFinite`],
+    /// [`Error::CapacityExceeded`], [`Error::AttentionOverflow`], as for
+    /// [`KvCache::step`]; checked for every head before any changes.
+    pub fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+        self.check_query(query)?;
+        self.check_key_value(key, value)?;
+        let mut slots = smallvec::SmallVec::<[usize; 16]>::new();
+        for h in 0..self.heads.len() {
+            let (k, v, q) = (self.row(key, h), self.row(value, h), self.group_query(query, h));
+            let head = &mut self.heads[h];
+            let slot = head.stage(k, v);
+            head.compute(q, Some(slot))?;
+            slots.push(slot);
+        }
+        self.commit_all(Some(&slots));
+        self.heads.iter_mut().for_each(Cache::evict_to_budget);
+        Ok(&self.out)
+    }
+
+    /// One decode step in document order: attend, insert, evict.
+    ///
+    /// # Errors
+    /// As [`step`](Self::step).
+    pub fn step_document_order(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+        self.check_query(query)?;
+        self.check_key_value(key, value)?;
+        self.compute_all(query)?;
+        self.commit_all(None);
+        for h in 0..self.heads.len() {
+            let (k, v) = (self.row(key, h), self.row(value, h));
+            let head = &mut self.heads[h];
+            let slot = head.stage(k, v);
+            head.commit_insert(slot);
+            head.evict_to_budget();
+        }
+        Ok(&self.out)
+    }
+
+    fn compute_all(&mut self, query: &[T]) -> Result<()> {
+        for h in 0..self.heads.len() {
+            let q = self.group_query(query, h);
+            self.heads[h].compute(q, None)?;
+        }
+        Ok(())
+    }
+
+    /// Attends with `query` `[n_heads × head_dim]` over every head's resident
+    /// tokens, adding the weights to the scores; no insert, no eviction.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`], [`Error::NonFinite`], [`Error::AttentionOverflow`].
+    pub fn attend(&mut self, query: &[T]) -> Result<&[T]> {
+        self.check_query(query)?;
+        self.compute_all(query)?;
+        self.commit_all(None);
+        Ok(&self.out)
+    }
+
+    /// Inserts one token's key and value (`[n_kv_heads × head_dim]` each) into
+    /// every head and returns its position. Never evicts.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`], [`Error::NonFinite`], [`Error::CapacityExceeded`].
+    pub fn insert(&mut self, key: &[T], value: &[T]) -> Result<u64> {
+        self.check_key_value(key, value)?;
+        let mut position = 0;
+        for h in 0..self.heads.len() {
+            let (k, v) = (self.row(key, h), self.row(value, h));
+            position = self.heads[h].insert(k, v)?;
+        }
+        Ok(position)
+    }
+
+    /// Evicts every head down to the budget.
+    pub fn evict(&mut self) {
+        self.heads.iter_mut().for_each(Cache::evict_to_budget);
+    }
+
+    /// Prefill of `P` tokens for every head (see [`KvCache::prefill`]):
+    /// `queries` `[P × n_heads × head_dim]`, `keys`/`values`
+    /// `[P × n_kv_heads × head_dim]`, `out` `[P × n_heads × head_dim]`.
+    ///
+    /// Allocates scratch for the call.
+    ///
+    /// # Errors
+    /// As [`KvCache::prefill`], checked for every head before any changes.
+    pub fn prefill(&mut self, queries: &[T], keys: &[T], values: &[T], out: &mut [T]) -> Result<()> {
+        let (d, n_kv, g) = (self.head_dim, self.heads.len(), self.group_size());
+        let kv_row = n_kv * d;
+        if keys.len() % kv_row != 0 {
+            return Err(Error::RaggedRows { what: "keys", len: keys.len(), head_dim: kv_row });
+        }
+        let p = keys.len() / kv_row;
+        for (what, x, len) in [
+            ("values", values.len(), p * kv_row),
+            ("queries", queries.len(), p * self.n_heads * d),
+            ("out", out.len(), p * self.n_heads * d),
+        ] {
+            if x != len {
+                return Err(Error::LengthMismatch { what, expected: len, got: x });
+            }
+        }
+        let gather = |x: &[T], row: usize, offset: usize, width: usize| -> Vec<T> {
+            (0..p).flat_map(|i| x[i * row + offset..][..width].iter().copied()).collect()
+        };
+        let mut plans = Vec::with_capacity(n_kv);
+        for (h, head) in self.heads.iter().enumerate() {
+            let q = gather(queries, self.n_heads * d, h * g * d, g * d);
+            let k = gather(keys, kv_row, h * d, d);
+            let v = gather(values, kv_row, h * d, d);
+            let plan = prefill::plan(head, g, &q, &k, &v)?;
+            plans.push((plan, k, v));
+        }
+        for (h, (plan, k, v)) in plans.iter().enumerate() {
+            prefill::commit(&mut self.heads[h], plan, k, v);
+            for i in 0..p {
+                out[i * self.n_heads * d + h * g * d..][..g * d]
+                    .copy_from_slice(&plan.outputs[i * g * d..][..g * d]);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{H2O, H2OCache};
+
+    #[test]
+    fn head_counts_are_validated() {
+        let p = H2O::new(2, 2).unwrap();
+        for (h, kv) in [(0, 1), (4, 0), (6, 4)] {
+            assert_eq!(
+                LayerCache::<f32, _>::new(h, kv, 4, p).unwrap_err(),
+                Error::InvalidHeadCounts { n_heads: h, n_kv_heads: kv }
+            );
+        }
+    }
+
+    #[test]
+    fn a_group_scores_the_sum_of_its_query_heads() {
+        // Two query heads on one KV head equal one head whose score table is
+        // the sum of the two per-head tables.
+        let d = 2;
+        let mut layer = LayerCache::<f64, _>::new(2, 1, d, H2O::new(8, 8).unwrap()).unwrap();
+        let mut a = H2OCache::<f64>::new(d, 8, 8).unwrap();
+        let mut b = H2OCache::<f64>::new(d, 8, 8).unwrap();
+        for t in 0..6 {
+            let x = t as f64;
+            let (qa, qb, k, v) = ([x, 1.0], [1.0, -x], [0.5 * x, 1.0], [x, x]);
+            let q = [qa, qb].concat();
+            let out = layer.step(&q, &k, &v).unwrap().to_vec();
+            let oa = a.step(&qa, &k, &v).unwrap().to_vec();
+            let ob = b.step(&qb, &k, &v).unwrap().to_vec();
+            assert_eq!(out, [oa, ob].concat());
+        }
+        let head = layer.head(0).unwrap();
+        for ((t, ta), tb) in head.tokens().zip(a.tokens()).zip(b.tokens()) {
+            assert!((t.score - (ta.score + tb.score)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn a_failed_step_changes_no_head() {
+        let mut layer = LayerCache::<f32, _>::new(2, 2, 2, H2O::new(1, 1).unwrap()).unwrap();
+        layer.step(&[1.0; 4], &[1.0; 4], &[1.0; 4]).unwrap();
+        let before = format!("{:?}", layer.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>());
+        // Head 1's key is infinite: nothing may change in head 0 either.
+        let err = layer.step(&[1.0; 4], &[1.0, 1.0, f32::INFINITY, 1.0], &[1.0; 4]).unwrap_err();
+        assert!(matches!(err, Error::NonFinite { what: "key", index: 2, .. }));
+        let after = format!("{:?}", layer.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>());
+        assert_eq!(before, after);
+        assert_eq!(layer.next_position(), 1);
+    }
+}

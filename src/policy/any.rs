@@ -1,0 +1,90 @@
+//! `AnyPolicy`: choose the policy at run time without trait objects.
+
+use core::cmp::Ordering;
+
+use super::{Candidate, EvictionPolicy, Full, H2O, Heavy, Recent};
+
+/// One of the four built-in policies, chosen at run time.
+///
+/// `Cache<T, AnyPolicy>` and `LayerCache<T, AnyPolicy>` let a harness switch
+/// policies from a command line while keeping one concrete type. Each call
+/// forwards to the wrapped policy, so decisions are identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnyPolicy {
+    /// [`Full`]: keep everything.
+    Full(Full),
+    /// [`Recent`]: sliding window.
+    Recent(Recent),
+    /// [`Heavy`]: heavy hitters + the newest token.
+    Heavy(Heavy),
+    /// [`H2O`]: heavy hitters + recent window.
+    H2O(H2O),
+}
+
+/// Forwards a call to whichever policy `self` holds.
+macro_rules! dispatch {
+    ($self:ident, $p:ident => $call:expr) => {
+        match $self {
+            AnyPolicy::Full($p) => $call,
+            AnyPolicy::Recent($p) => $call,
+            AnyPolicy::Heavy($p) => $call,
+            AnyPolicy::H2O($p) => $call,
+        }
+    };
+}
+
+impl EvictionPolicy for AnyPolicy {
+    fn budget(&self) -> usize {
+        dispatch!(self, p => p.budget())
+    }
+    fn evicts(&self) -> bool {
+        dispatch!(self, p => p.evicts())
+    }
+    fn recent_window(&self) -> usize {
+        dispatch!(self, p => p.recent_window())
+    }
+    fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
+        dispatch!(self, p => p.eviction_order(a, b))
+    }
+    fn name(&self) -> &'static str {
+        dispatch!(self, p => p.name())
+    }
+}
+
+impl From<Full> for AnyPolicy {
+    fn from(p: Full) -> Self {
+        AnyPolicy::Full(p)
+    }
+}
+impl From<Recent> for AnyPolicy {
+    fn from(p: Recent) -> Self {
+        AnyPolicy::Recent(p)
+    }
+}
+impl From<Heavy> for AnyPolicy {
+    fn from(p: Heavy) -> Self {
+        AnyPolicy::Heavy(p)
+    }
+}
+impl From<H2O> for AnyPolicy {
+    fn from(p: H2O) -> Self {
+        AnyPolicy::H2O(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_to_the_wrapped_policy() {
+        let p: AnyPolicy = H2O::new(3, 2).unwrap().into();
+        assert_eq!((p.budget(), p.recent_window(), p.name()), (5, 2, "h2o"));
+        let p: AnyPolicy = Full::new(7).unwrap().into();
+        assert!(!p.evicts());
+        let p: AnyPolicy = Recent::new(4).unwrap().into();
+        assert_eq!(p.recent_window(), 4);
+        let p: AnyPolicy = Heavy::new(4).unwrap().into();
+        assert_eq!(p.recent_window(), 1);
+    }
+}

@@ -1,0 +1,82 @@
+//! `FullCache`: keeps every token, never evicts (the quality baseline).
+
+use core::cmp::Ordering;
+
+use super::{Candidate, EvictionPolicy, check_budget};
+use crate::cache::Cache;
+use crate::element::Element;
+use crate::error::Result;
+
+/// Keep everything, up to a fixed capacity in tokens.
+///
+/// The baseline every bounded policy is measured against. Inserting past the
+/// capacity is an [`Error::CapacityExceeded`](crate::Error::CapacityExceeded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    capacity: usize,
+}
+
+impl Full {
+    /// A policy holding up to `capacity` tokens.
+    ///
+    /// # Errors
+    /// [`Error::ZeroBudget`](crate::Error::ZeroBudget) if `capacity == 0`,
+    /// [`Error::BudgetTooLarge`](crate::Error::BudgetTooLarge) above
+    /// [`MAX_BUDGET`](crate::MAX_BUDGET).
+    pub fn new(capacity: usize) -> Result<Self> {
+        check_budget(capacity)?;
+        Ok(Self { capacity })
+    }
+}
+
+impl EvictionPolicy for Full {
+    fn budget(&self) -> usize {
+        self.capacity
+    }
+    fn evicts(&self) -> bool {
+        false
+    }
+    fn recent_window(&self) -> usize {
+        0
+    }
+    fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
+        a.position.cmp(&b.position)
+    }
+    fn name(&self) -> &'static str {
+        "full"
+    }
+}
+
+/// A cache that keeps every token: [`Cache`] with the [`Full`] policy.
+pub type FullCache<T> = Cache<T, Full>;
+
+impl<T: Element> Cache<T, Full> {
+    /// A full cache for one head of `head_dim` with room for `capacity` tokens.
+    ///
+    /// Allocates `2 · capacity · head_dim` elements once.
+    ///
+    /// # Errors
+    /// As [`Full::new`] and [`Cache::with_policy`].
+    pub fn new(head_dim: usize, capacity: usize) -> Result<Self> {
+        Cache::with_policy(head_dim, Full::new(capacity)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, KvCache};
+
+    #[test]
+    fn never_evicts_and_refuses_past_capacity() {
+        let mut c = FullCache::<f32>::new(2, 3).unwrap();
+        for t in 0..3 {
+            c.step(&[1.0, 0.0], &[t as f32, 1.0], &[1.0, 1.0]).unwrap();
+            assert!(c.last_evicted().is_empty());
+        }
+        assert_eq!(c.resident_positions(), [0, 1, 2]);
+        let err = c.step(&[1.0, 0.0], &[0.0, 1.0], &[1.0, 1.0]).unwrap_err();
+        assert_eq!(err, Error::CapacityExceeded { len: 3, capacity: 3, requested: 1 });
+        assert_eq!(c.len(), 3);
+    }
+}

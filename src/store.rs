@@ -1,0 +1,291 @@
+//! The fixed slot store: key/value rows, token positions, free slots and the
+//! recency ring. It copies rows in and out and does no arithmetic.
+//!
+//! Everything is allocated once, in [`SlotStore::new`]. A slot is a row index
+//! into the `[slots × head_dim]` key and value buffers. Slots are handed out
+//! from a free stack first and otherwise from the high-water mark, so every
+//! occupied slot is below [`SlotStore::high_water`] and attention can run over
+//! one contiguous prefix of the buffers. Evicting a token frees its slot; the
+//! next insertion writes into it. Nothing is ever shifted or compacted.
+
+use std::collections::VecDeque;
+
+use crate::element::Element;
+use crate::error::{Error, Result};
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotState {
+    /// No token; the row contents are stale and never read as a token.
+    Free,
+    /// A token outside the recent window: an eviction candidate.
+    Candidate,
+    /// One of the newest `recent_window` tokens: never evicted.
+    Recent,
+}
+
+/// Fixed-capacity storage for one attention head's resident tokens.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotStore<T> {
+    head_dim: usize,
+    /// `[slots × head_dim]`, row-major; row `s` is the key of the token in slot `s`.
+    keys: Vec<T>,
+    /// `[slots × head_dim]`, row-major; row `s` is the value of the token in slot `s`.
+    values: Vec<T>,
+    /// `[slots]`: absolute token position of the token in each occupied slot.
+    positions: Vec<u64>,
+    /// `[slots]`: what each slot holds.
+    states: Vec<SlotState>,
+    /// Freed slots below `high_water`, reused last-freed first.
+    free: Vec<usize>,
+    /// One past the highest slot ever occupied since the last reset.
+    high_water: usize,
+    /// Slots of the newest tokens, oldest first; at most `window` long.
+    recent: VecDeque<usize>,
+    /// Length of the recent window in tokens.
+    window: usize,
+    /// Occupied slots.
+    len: usize,
+}
+
+impl<T: Element> SlotStore<T> {
+    /// Allocates `slots` rows of `head_dim` elements and a ring of `window` slots.
+    pub(crate) fn new(slots: usize, head_dim: usize, window: usize) -> Result<Self> {
+        let elems = slots.checked_mul(head_dim).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
+        Ok(Self {
+            head_dim,
+            keys: zeroed(elems)?,
+            values: zeroed(elems)?,
+            positions: zeroed(slots)?,
+            states: filled(slots, SlotState::Free)?,
+            free: with_capacity(slots)?,
+            high_water: 0,
+            recent: VecDeque::with_capacity(window.min(slots)),
+            window,
+            len: 0,
+        })
+    }
+
+    pub(crate) fn slots(&self) -> usize {
+        self.states.len()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    pub(crate) fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    pub(crate) fn state(&self, slot: usize) -> SlotState {
+        self.states[slot]
+    }
+
+    pub(crate) fn states(&self) -> &[SlotState] {
+        &self.states[..self.high_water]
+    }
+
+    pub(crate) fn position(&self, slot: usize) -> u64 {
+        self.positions[slot]
+    }
+
+    pub(crate) fn positions(&self) -> &[u64] {
+        &self.positions[..self.high_water]
+    }
+
+    /// Keys of slots `0..rows`, `[rows × head_dim]`.
+    pub(crate) fn keys(&self, rows: usize) -> &[T] {
+        &self.keys[..rows * self.head_dim]
+    }
+
+    /// Values of slots `0..rows`, `[rows × head_dim]`.
+    pub(crate) fn values(&self, rows: usize) -> &[T] {
+        &self.values[..rows * self.head_dim]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn key(&self, slot: usize) -> &[T] {
+        &self.keys[slot * self.head_dim..][..self.head_dim]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn value(&self, slot: usize) -> &[T] {
+        &self.values[slot * self.head_dim..][..self.head_dim]
+    }
+
+    /// The slot the next insertion will use, if any is vacant.
+    pub(crate) fn vacant_slot(&self) -> Option<usize> {
+        match self.free.last() {
+            Some(&slot) => Some(slot),
+            None if self.high_water < self.slots() => Some(self.high_water),
+            None => None,
+        }
+    }
+
+    /// Copies a key and a value into a vacant slot's rows. The slot stays
+    /// vacant until [`occupy`](Self::occupy), so a caller can abandon it.
+    pub(crate) fn write_rows(&mut self, slot: usize, key: &[T], value: &[T]) {
+        debug_assert_eq!(self.states[slot], SlotState::Free);
+        let d = self.head_dim;
+        self.keys[slot * d..][..d].copy_from_slice(key);
+        self.values[slot * d..][..d].copy_from_slice(value);
+    }
+
+    /// Marks the slot returned by [`vacant_slot`](Self::vacant_slot) as holding
+    /// the token at `position`, outside the recent window.
+    pub(crate) fn occupy(&mut self, slot: usize, position: u64) {
+        debug_assert_eq!(Some(slot), self.vacant_slot());
+        if slot == self.high_water && self.free.last() != Some(&slot) {
+            self.high_water += 1;
+        } else {
+            self.free.pop();
+        }
+        self.positions[slot] = position;
+        self.states[slot] = SlotState::Candidate;
+        self.len += 1;
+    }
+
+    /// Makes `slot` the newest token of the recent window; the oldest window
+    /// token, if the window overflows, becomes an eviction candidate.
+    pub(crate) fn push_recent(&mut self, slot: usize) {
+        if self.window == 0 {
+            return;
+        }
+        if self.recent.len() == self.window {
+            if let Some(oldest) = self.recent.pop_front() {
+                self.states[oldest] = SlotState::Candidate;
+            }
+        }
+        self.recent.push_back(slot);
+        self.states[slot] = SlotState::Recent;
+    }
+
+    /// Empties the recent window; its tokens become candidates.
+    pub(crate) fn clear_recent(&mut self) {
+        for &slot in &self.recent {
+            self.states[slot] = SlotState::Candidate;
+        }
+        self.recent.clear();
+    }
+
+    /// Frees an occupied slot outside the recent window.
+    pub(crate) fn release(&mut self, slot: usize) {
+        debug_assert_eq!(self.states[slot], SlotState::Candidate);
+        self.states[slot] = SlotState::Free;
+        self.free.push(slot);
+        self.len -= 1;
+    }
+
+    #[cfg(test)]
+    /// Slots of the recent window, oldest first.
+    pub(crate) fn recent(&self) -> impl Iterator<Item = usize> + '_ {
+        self.recent.iter().copied()
+    }
+
+    /// Forgets every token; keeps the allocation.
+    pub(crate) fn reset(&mut self) {
+        self.states.iter_mut().for_each(|s| *s = SlotState::Free);
+        self.free.clear();
+        self.recent.clear();
+        self.high_water = 0;
+        self.len = 0;
+    }
+}
+
+fn with_capacity<X>(n: usize) -> Result<Vec<X>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::AllocationFailed { bytes: n.saturating_mul(size_of::<X>()) })?;
+    Ok(v)
+}
+
+fn filled<X: Clone>(n: usize, x: X) -> Result<Vec<X>> {
+    let mut v = with_capacity(n)?;
+    v.resize(n, x);
+    Ok(v)
+}
+
+fn zeroed<X: Clone + Default>(n: usize) -> Result<Vec<X>> {
+    filled(n, X::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(slots: usize, window: usize) -> SlotStore<f32> {
+        SlotStore::new(slots, 2, window).unwrap()
+    }
+
+    fn insert(s: &mut SlotStore<f32>, pos: u64) -> usize {
+        let slot = s.vacant_slot().unwrap();
+        s.write_rows(slot, &[pos as f32; 2], &[-(pos as f32); 2]);
+        s.occupy(slot, pos);
+        s.push_recent(slot);
+        slot
+    }
+
+    #[test]
+    fn fills_in_order_then_reuses_freed_slots() {
+        let mut s = store(3, 1);
+        assert_eq!([insert(&mut s, 0), insert(&mut s, 1), insert(&mut s, 2)], [0, 1, 2]);
+        assert_eq!(s.vacant_slot(), None);
+        s.release(1);
+        assert_eq!(s.vacant_slot(), Some(1));
+        assert_eq!(insert(&mut s, 3), 1);
+        assert_eq!(s.key(1), &[3.0, 3.0]);
+        assert_eq!(s.position(1), 3);
+        assert_eq!((s.len(), s.high_water()), (3, 3));
+    }
+
+    #[test]
+    fn recent_window_graduates_oldest() {
+        let mut s = store(4, 2);
+        let a = insert(&mut s, 0);
+        let b = insert(&mut s, 1);
+        assert_eq!((s.state(a), s.state(b)), (SlotState::Recent, SlotState::Recent));
+        let c = insert(&mut s, 2);
+        assert_eq!(s.state(a), SlotState::Candidate);
+        assert_eq!(s.recent().collect::<Vec<_>>(), [b, c]);
+        s.clear_recent();
+        assert!(s.states().iter().all(|&st| st == SlotState::Candidate));
+    }
+
+    #[test]
+    fn zero_window_makes_every_token_a_candidate() {
+        let mut s = store(2, 0);
+        let a = insert(&mut s, 0);
+        assert_eq!(s.state(a), SlotState::Candidate);
+    }
+
+    #[test]
+    fn abandoned_writes_do_not_occupy() {
+        let mut s = store(2, 1);
+        let slot = s.vacant_slot().unwrap();
+        s.write_rows(slot, &[9.0; 2], &[9.0; 2]);
+        assert_eq!((s.len(), s.high_water(), s.vacant_slot()), (0, 0, Some(0)));
+    }
+
+    #[test]
+    fn reset_restores_the_empty_state() {
+        let mut s = store(2, 1);
+        insert(&mut s, 0);
+        insert(&mut s, 1);
+        s.reset();
+        assert_eq!((s.len(), s.high_water(), s.vacant_slot()), (0, 0, Some(0)));
+        assert_eq!(s.recent().count(), 0);
+    }
+
+    #[test]
+    fn absurd_sizes_fail_cleanly() {
+        assert!(matches!(
+            SlotStore::<f32>::new(usize::MAX / 2, 4, 0),
+            Err(Error::AllocationFailed { .. })
+        ));
+    }
+}
