@@ -268,7 +268,9 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         let Some((g, rows)) = self.last else { return &[] };
         let stride = self.store.slots();
         for q in 0..g {
-            for (score, w) in self.scores[..rows].iter_mut().zip(&self.weights[q * stride..][..rows]) {
+            for (score, w) in
+                self.scores[..rows].iter_mut().zip(&self.weights[q * stride..][..rows])
+            {
                 *score += w.widen();
             }
         }
@@ -427,7 +429,11 @@ impl<T: Element, P: EvictionPolicy> KvCache<T> for Cache<T, P> {
     fn prefill(&mut self, queries: &[T], keys: &[T], values: &[T], out: &mut [T]) -> Result<()> {
         let plan = crate::prefill::plan(self, 1, queries, keys, values)?;
         if out.len() != plan.outputs.len() {
-            return Err(Error::LengthMismatch { what: "out", expected: plan.outputs.len(), got: out.len() });
+            return Err(Error::LengthMismatch {
+                what: "out",
+                expected: plan.outputs.len(),
+                got: out.len(),
+            });
         }
         crate::prefill::commit(self, &plan, keys, values);
         out.copy_from_slice(&plan.outputs);

@@ -67,7 +67,9 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         let mut head = Cache::with_policy(head_dim, policy)?;
         head.reserve_group(n_heads / n_kv_heads)?;
         let mut heads = Vec::new();
-        heads.try_reserve_exact(n_kv_heads).map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
+        heads
+            .try_reserve_exact(n_kv_heads)
+            .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
         heads.resize(n_kv_heads, head);
         Ok(Self { heads, n_heads, head_dim, out: try_vec(n_heads * head_dim, T::default())? })
     }
@@ -275,7 +277,13 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     ///
     /// # Errors
     /// As [`KvCache::prefill`], checked for every head before any changes.
-    pub fn prefill(&mut self, queries: &[T], keys: &[T], values: &[T], out: &mut [T]) -> Result<()> {
+    pub fn prefill(
+        &mut self,
+        queries: &[T],
+        keys: &[T],
+        values: &[T],
+        out: &mut [T],
+    ) -> Result<()> {
         let (d, n_kv, g) = (self.head_dim, self.heads.len(), self.group_size());
         let kv_row = n_kv * d;
         if keys.len() % kv_row != 0 {
@@ -356,11 +364,17 @@ mod tests {
     fn a_failed_step_changes_no_head() {
         let mut layer = LayerCache::<f32, _>::new(2, 2, 2, H2O::new(1, 1).unwrap()).unwrap();
         layer.step(&[1.0; 4], &[1.0; 4], &[1.0; 4]).unwrap();
-        let before = format!("{:?}", layer.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>());
+        let before = format!(
+            "{:?}",
+            layer.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
+        );
         // Head 1's key is infinite: nothing may change in head 0 either.
         let err = layer.step(&[1.0; 4], &[1.0, 1.0, f32::INFINITY, 1.0], &[1.0; 4]).unwrap_err();
         assert!(matches!(err, Error::NonFinite { what: "key", index: 2, .. }));
-        let after = format!("{:?}", layer.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>());
+        let after = format!(
+            "{:?}",
+            layer.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
+        );
         assert_eq!(before, after);
         assert_eq!(layer.next_position(), 1);
     }

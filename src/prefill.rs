@@ -104,7 +104,9 @@ pub(crate) fn plan<T: Element, P: EvictionPolicy>(
         }
         kernels::weighted_sum(&mut out_resident, &weights, width, store.values(hw), d);
         kernels::weighted_sum(&mut out_chunk, &weights[hw..], width, &values[..(i + 1) * d], d);
-        for ((o, a), b) in plan.outputs[i * row..][..row].iter_mut().zip(&out_resident).zip(&out_chunk) {
+        for ((o, a), b) in
+            plan.outputs[i * row..][..row].iter_mut().zip(&out_resident).zip(&out_chunk)
+        {
             let sum = *a + *b;
             if !sum.is_finite() {
                 return Err(Error::AttentionOverflow { what: "output" });
@@ -158,7 +160,10 @@ pub(crate) fn commit<T: Element, P: EvictionPolicy>(
         let mut all: Vec<(Candidate, Loc)> = Vec::with_capacity(n);
         for (s, &state) in store.states().iter().enumerate() {
             if state != SlotState::Free {
-                all.push((Candidate { position: store.position(s), score: scores[s] }, Loc::Slot(s)));
+                all.push((
+                    Candidate { position: store.position(s), score: scores[s] },
+                    Loc::Slot(s),
+                ));
             }
         }
         all.sort_unstable_by_key(|(c, _)| c.position);

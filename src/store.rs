@@ -51,7 +51,8 @@ pub(crate) struct SlotStore<T> {
 impl<T: Element> SlotStore<T> {
     /// Allocates `slots` rows of `head_dim` elements and a ring of `window` slots.
     pub(crate) fn new(slots: usize, head_dim: usize, window: usize) -> Result<Self> {
-        let elems = slots.checked_mul(head_dim).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
+        let elems =
+            slots.checked_mul(head_dim).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
         Ok(Self {
             head_dim,
             keys: zeroed(elems)?,
@@ -238,7 +239,7 @@ mod tests {
         s.release(1);
         assert_eq!(s.vacant_slot(), Some(1));
         assert_eq!(insert(&mut s, 3), 1);
-        assert_eq!(s.key(1), &[3.0, 3.0]);
+        assert_eq!((s.key(1), s.value(1)), (&[3.0, 3.0][..], &[-3.0, -3.0][..]));
         assert_eq!(s.position(1), 3);
         assert_eq!((s.len(), s.high_water()), (3, 3));
     }

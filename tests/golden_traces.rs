@@ -52,16 +52,26 @@ fn check_call(label: &str, rec: &Value, heads: &[H2OCache<f32>], outputs: &[f32]
         let want_kept = ints(&rec["kept_positions"][h]);
         let want_scores = floats(&rec["kept_scores"][h]);
         assert_eq!(cache.resident_positions(), want_kept, "{label} head {h}: kept positions");
-        assert_eq!(cache.last_evicted(), ints(&rec["evicted_positions"][h]), "{label} head {h}: evicted");
+        assert_eq!(
+            cache.last_evicted(),
+            ints(&rec["evicted_positions"][h]),
+            "{label} head {h}: evicted"
+        );
         for (p, want) in want_kept.iter().zip(&want_scores) {
             let got = cache.score_of(*p).expect("kept token is resident");
-            assert!(score_ok(got, f64::from(*want)), "{label} head {h} pos {p}: score {got} vs {want}");
+            assert!(
+                score_ok(got, f64::from(*want)),
+                "{label} head {h} pos {p}: score {got} vs {want}"
+            );
         }
     }
     let want_out = floats(&rec["output"]);
     assert_eq!(outputs.len(), want_out.len(), "{label}: output length");
     for (i, (got, want)) in outputs.iter().zip(&want_out).enumerate() {
-        assert!(output_ok(f64::from(*got), f64::from(*want)), "{label}: output[{i}] {got} vs {want}");
+        assert!(
+            output_ok(f64::from(*got), f64::from(*want)),
+            "{label}: output[{i}] {got} vs {want}"
+        );
     }
 }
 
@@ -72,11 +82,14 @@ fn replay(path: &Path) -> usize {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let cfg = &trace["config"];
     let get = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("{name}: config.{k}")) as usize;
-    let (n_heads, d, hh, recent) = (get("num_heads"), get("head_dim"), get("hh_size"), get("recent_size"));
+    let (n_heads, d, hh, recent) =
+        (get("num_heads"), get("head_dim"), get("hh_size"), get("recent_size"));
     assert_eq!(get("num_kv_heads"), n_heads, "{name}: traces are MHA");
 
-    let mut heads: Vec<H2OCache<f32>> = (0..n_heads).map(|_| H2OCache::new(d, hh, recent).unwrap()).collect();
-    let mut layer = LayerCache::<f32, _>::new(n_heads, n_heads, d, H2O::new(hh, recent).unwrap()).unwrap();
+    let mut heads: Vec<H2OCache<f32>> =
+        (0..n_heads).map(|_| H2OCache::new(d, hh, recent).unwrap()).collect();
+    let mut layer =
+        LayerCache::<f32, _>::new(n_heads, n_heads, d, H2O::new(hh, recent).unwrap()).unwrap();
     let mut calls = 0;
 
     if let Some(pre) = trace["prefill"].as_object() {
@@ -89,7 +102,9 @@ fn replay(path: &Path) -> usize {
         let mut outputs = vec![0.0; p * n_heads * d];
         for (h, cache) in heads.iter_mut().enumerate() {
             let mut out = vec![0.0; p * d];
-            cache.prefill(&head_rows(&q, h), &head_rows(&k, h), &head_rows(&v, h), &mut out).unwrap();
+            cache
+                .prefill(&head_rows(&q, h), &head_rows(&k, h), &head_rows(&v, h), &mut out)
+                .unwrap();
             for i in 0..p {
                 outputs[(i * n_heads + h) * d..][..d].copy_from_slice(&out[i * d..][..d]);
             }
@@ -116,7 +131,11 @@ fn replay(path: &Path) -> usize {
         assert_eq!(layer_out, &outputs[..], "{label}: layer output equals per-head output");
         for (h, cache) in heads.iter().enumerate() {
             let lh = layer.head(h).unwrap();
-            assert_eq!(lh.resident_positions(), cache.resident_positions(), "{label}: layer head {h}");
+            assert_eq!(
+                lh.resident_positions(),
+                cache.resident_positions(),
+                "{label}: layer head {h}"
+            );
         }
         calls += 1;
     }

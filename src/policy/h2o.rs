@@ -131,7 +131,11 @@ impl<T: Element> Cache<T, H2O> {
     ///
     /// # Errors
     /// As [`H2O::with_heavy_fraction`] and [`Cache::with_policy`].
-    pub fn with_heavy_fraction(head_dim: usize, budget: usize, heavy_fraction: f64) -> Result<Self> {
+    pub fn with_heavy_fraction(
+        head_dim: usize,
+        budget: usize,
+        heavy_fraction: f64,
+    ) -> Result<Self> {
         Cache::with_policy(head_dim, H2O::with_heavy_fraction(budget, heavy_fraction)?)
     }
 }
