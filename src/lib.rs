@@ -1,6 +1,77 @@
-//! Bounded-memory KV caches for LLM decoding, with H2O eviction.
+//! Bounded-memory KV caches for LLM decoding, with H2O (Heavy-Hitter Oracle)
+//! eviction.
 //!
-//! See the README for the tour; this is filled in below.
+//! A cache holds one attention head's keys and values in a fixed slot store,
+//! allocated once. Each decode step attends, adds every token's softmax weight
+//! to its accumulated score, and evicts down to the budget. Eviction frees a
+//! slot and the next token is written into it: nothing is shifted, nothing is
+//! allocated per step.
+//!
+//! # Overview
+//! - [`FullCache`]: keeps every token up to a capacity (the quality baseline).
+//! - [`RecentOnly`]: a sliding window; evicts the oldest token.
+//! - [`HeavyOnly`]: the newest token + the `budget − 1` highest accumulated
+//!   scores; evicts the lowest score.
+//! - [`H2OCache`]: the newest `recent` tokens + the `heavy` highest scores
+//!   (Zhang et al., NeurIPS 2023, arXiv:2306.14048); evicts the lowest score
+//!   outside the recent window.
+//! - [`LayerCache`]: a whole layer, multi-head or grouped-query (GQA).
+//! - [`KvCache`]: the object-safe trait all four implement.
+//!
+//! # Example: a decode step
+//! ```
+//! use h2o_kv::{H2OCache, KvCache};
+//!
+//! let mut cache = H2OCache::<f32>::new(2, 1, 1)?; // head_dim 2, 1 heavy + 1 recent
+//! let out = cache.step(&[1.0, 0.0], &[1.0, 0.0], &[0.5, 0.5])?; // q, k, v: [head_dim]
+//! assert_eq!(out, &[0.5, 0.5]); // one token: all weight on it
+//! for _ in 0..4 {
+//!     cache.step(&[1.0, 0.0], &[0.0, 1.0], &[0.0, 0.0])?;
+//! }
+//! // Token 0 drew the most attention: it stays as the heavy hitter.
+//! assert_eq!(cache.resident_positions(), [0, 4]);
+//! # Ok::<(), h2o_kv::Error>(())
+//! ```
+//!
+//! # Example: choosing the policy at run time
+//! ```
+//! use h2o_kv::{FullCache, H2OCache, KvCache, RecentOnly};
+//!
+//! let mut caches: Vec<Box<dyn KvCache<f64>>> = vec![
+//!     Box::new(FullCache::new(4, 100)?),
+//!     Box::new(RecentOnly::new(4, 8)?),
+//!     Box::new(H2OCache::new(4, 4, 4)?),
+//! ];
+//! for t in 0..50 {
+//!     let x = [t as f64 * 0.01; 4];
+//!     for c in &mut caches {
+//!         c.step(&x, &x, &x)?;
+//!     }
+//! }
+//! assert_eq!(caches.iter().map(|c| c.len()).collect::<Vec<_>>(), [50, 8, 8]);
+//! # Ok::<(), h2o_kv::Error>(())
+//! ```
+//!
+//! # Choosing a policy
+//! `FullCache` costs memory linear in the sequence. `RecentOnly` is the
+//! cheapest bounded choice but forgets early tokens that later queries still
+//! attend to. `H2OCache` keeps those heavy hitters at the same budget, for one
+//! extra scan over the candidates per step. `HeavyOnly` is the paper's
+//! ablation. Measure on your model: see the README's "Real model" section.
+//!
+//! # Numeric types
+//! | `T` | stored | computed in |
+//! |---|---|---|
+//! | `f32` | f32 | f32 |
+//! | `f64` | f64 | f64 |
+//! | `half::f16`, `half::bf16` (feature `half`) | 16 bit | f32 |
+//!
+//! Accumulated scores are `f64` for every `T` (see [`Cache`]).
+//!
+//! # Crate features
+//! - `half`: [`Element`] impls for `half::f16` and `half::bf16`.
+
+#![doc(test(attr(deny(warnings))))]
 
 mod cache;
 mod element;
@@ -10,6 +81,7 @@ mod kv_cache;
 mod layer;
 pub mod policy;
 mod prefill;
+pub mod snapshot;
 mod store;
 
 pub use cache::{AttentionEntry, Cache, MAX_HEAD_DIM};
@@ -21,3 +93,9 @@ pub use policy::{
     AnyPolicy, Candidate, EvictionPolicy, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly,
     MAX_BUDGET, Recent, RecentOnly, TieRule,
 };
+pub use snapshot::{SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy};
+
+/// The README's code blocks, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
