@@ -132,6 +132,11 @@ pub(crate) fn commit<T: Element, P: EvictionPolicy>(
     keys: &[T],
     values: &[T],
 ) {
+    if plan.tokens == 0 {
+        // An empty prefill is a no-op (documented): no eviction, and the
+        // last call's evicted positions stay as they were.
+        return;
+    }
     cache.invalidate_attention();
     let parts = cache.parts_mut();
     let (store, scores) = (parts.store, parts.scores);
