@@ -1,0 +1,274 @@
+//! A trained llama2.c model (karpathy's stories260K) decoding through h2o-kv's
+//! bounded caches, and a measurement of what each policy costs in quality.
+//!
+//! The model: 5 layers, 8 query heads sharing 4 KV heads of dimension 8, a
+//! 512-token context and a 512-token vocabulary. Every layer keeps one
+//! [`h2o_kv::LayerCache`] under the chosen policy; RoPE is applied to queries
+//! and keys at the absolute position before the key is cached.
+//!
+//! Modules: `model` (checkpoint), `tokenizer` (BPE), `forward` (the forward
+//! pass and its K/V store), `generate` (sampling, run.c's loop), `eval`
+//! (teacher-forced comparison of policies), `policy`, `plot`, `error`.
+//!
+//! ```text
+//! cargo run --release --example llama2c -- generate --temperature 0 --steps 200
+//! cargo run --release --example llama2c -- generate --temperature 0 --steps 200 --plain
+//! cargo run --release --example llama2c -- generate --policy h2o --budget 64 --prompt "Once upon"
+//! cargo run --release --example llama2c -- eval --csv docs/real_model.csv --plot docs/real_model.svg
+//! ```
+//!
+//! The files (not in the repository): `stories260K.bin` and `tok512.bin`
+//! from huggingface.co/karpathy/tinyllamas (folder `stories260K/`), looked up
+//! in `../shared/models/`; the story file in `../shared/data/`.
+
+mod error;
+mod eval;
+mod forward;
+mod generate;
+mod model;
+mod plot;
+mod policy;
+mod tokenizer;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Result};
+use crate::forward::StepOrder;
+use crate::model::Model;
+use crate::policy::PolicyKind;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Parser)]
+#[command(about = "Decode llama2.c's stories260K through h2o-kv caches")]
+struct Cli {
+    /// Checkpoint (llama2.c version-0 .bin) [default: ../shared/models/stories260K.bin]
+    #[arg(long, global = true)]
+    model: Option<PathBuf>,
+    /// Tokenizer (.bin) [default: ../shared/models/tok512.bin]
+    #[arg(long, global = true)]
+    tokenizer: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which KV-cache step each layer runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Order {
+    /// Insert, attend, evict (the query sees its own key).
+    Transformer,
+    /// Attend, insert, evict (paper Algorithm 1).
+    Document,
+}
+
+impl From<Order> for StepOrder {
+    fn from(o: Order) -> Self {
+        match o {
+            Order::Transformer => StepOrder::Transformer,
+            Order::Document => StepOrder::Document,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate text as llama2.c's run.c does.
+    Generate {
+        /// Prompt text (BOS is added).
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Decode steps including the BOS position (0: seq_len).
+        #[arg(long, default_value_t = 256)]
+        steps: usize,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Nucleus sampling mass; 0 or 1 disables it.
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f32,
+        /// Random seed (nonzero).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Cache policy of every layer.
+        #[arg(long, value_enum, default_value_t = PolicyKind::Full)]
+        policy: PolicyKind,
+        /// Tokens kept per KV head (ignored by `full`).
+        #[arg(long, default_value_t = 102)]
+        budget: usize,
+        /// Heavy-hitter share of an H2O budget.
+        #[arg(long, default_value_t = 0.5)]
+        heavy_fraction: f64,
+        /// Step order.
+        #[arg(long, value_enum, default_value_t = Order::Transformer)]
+        order: Order,
+        /// Bypass h2o-kv: keep keys and values in llama2.c's plain arrays (baseline).
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Teacher-forced perplexity of every policy and budget against the full cache.
+    Eval {
+        /// Story file, stories separated by `<|endoftext|>` lines
+        /// [default: ../shared/data/tinystories_valid_sample.txt]
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Budgets in percent of seq_len (rounded half up to tokens).
+        #[arg(long, value_delimiter = ',', default_values_t = [5, 10, 20, 40, 60])]
+        budgets: Vec<u32>,
+        /// H2O heavy fractions swept at `--sweep-budget`.
+        #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.25, 0.5, 0.75])]
+        fractions: Vec<f64>,
+        /// Budget (percent) of the heavy-fraction sweep.
+        #[arg(long, default_value_t = 20)]
+        sweep_budget: u32,
+        /// Use only the first N windows (0: all).
+        #[arg(long, default_value_t = 0)]
+        windows: usize,
+        /// Worker threads (results do not depend on it).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Step order.
+        #[arg(long, value_enum, default_value_t = Order::Transformer)]
+        order: Order,
+        /// Write the table as CSV here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Write an SVG plot of perplexity against budget here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+/// `rel` under the current directory if it exists, else under the crate
+/// root (so `cargo run` works from anywhere in the checkout).
+fn default_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    if beside.exists() { beside } else { here }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Error::Io { source, .. } = &e {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    eprintln!(
+                        "hint: stories260K.bin and tok512.bin come from huggingface.co/karpathy/tinyllamas \
+                         (folder stories260K/); pass --model and --tokenizer, or put them in ../shared/models/"
+                    );
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let model_path = cli.model.unwrap_or_else(|| default_path("../shared/models/stories260K.bin"));
+    let tok_path = cli.tokenizer.unwrap_or_else(|| default_path("../shared/models/tok512.bin"));
+    let model = Model::load(&model_path)?;
+    let tokenizer = Tokenizer::load_for(&tok_path, model.config.vocab_size)?;
+    let seq_len = model.config.seq_len;
+    match cli.command {
+        Command::Generate {
+            prompt,
+            steps,
+            temperature,
+            top_p,
+            seed,
+            policy,
+            budget,
+            heavy_fraction,
+            order,
+            plain,
+        } => {
+            let mut sampler = generate::Sampler::new(temperature, top_p, seed)?;
+            let options = generate::Options {
+                prompt,
+                steps,
+                policy: policy.build(budget, heavy_fraction, seq_len)?,
+                order: order.into(),
+                plain,
+            };
+            let g = generate::generate(&model, &tokenizer, &mut sampler, &options)?;
+            let mut stdout = std::io::stdout().lock();
+            let written = stdout.write_all(&g.text).and_then(|()| writeln!(stdout));
+            written.map_err(|e| Error::io(Path::new("<stdout>"), e))?;
+            eprintln!(
+                "{} steps in {:.3} s ({:.0} tokens/s); KV cache at the end: {} bytes",
+                g.steps,
+                g.seconds,
+                g.steps as f64 / g.seconds,
+                g.kv_bytes
+            );
+        }
+        Command::Eval {
+            data,
+            budgets,
+            fractions,
+            sweep_budget,
+            windows,
+            threads,
+            order,
+            csv,
+            plot,
+        } => {
+            let data =
+                data.unwrap_or_else(|| default_path("../shared/data/tinystories_valid_sample.txt"));
+            let text = std::fs::read_to_string(&data).map_err(|e| Error::io(&data, e))?;
+            let windows = eval::windows(&tokenizer, &text, seq_len, windows);
+            let specs = eval::grid(&budgets, &fractions, sweep_budget, seq_len);
+            for s in &specs {
+                s.kind.build(s.budget, s.heavy_fraction, seq_len)?;
+            }
+            eprintln!(
+                "eval: {} windows of {seq_len} tokens, {} configurations, {threads} threads",
+                windows.len(),
+                specs.len()
+            );
+            let start = Instant::now();
+            let tty = std::io::stderr().is_terminal();
+            let progress = |done: usize, total: usize| {
+                if tty {
+                    eprint!("\reval: window {done}/{total}");
+                }
+                if done == total {
+                    eprintln!("{}eval: {total} windows done", if tty { "\n" } else { "" });
+                }
+            };
+            let rows = eval::evaluate(&model, &windows, &specs, order.into(), threads, &progress)?;
+            let secs = start.elapsed().as_secs_f64();
+            let predictions = rows.first().map_or(0, |r| r.predictions);
+            println!(
+                "{} windows × {seq_len} tokens, {predictions} predictions; budgets rounded half up; \
+                 KV = bytes of keys and values in all layers at the end of a window\n",
+                windows.len()
+            );
+            print!("{}", eval::table(&rows));
+            eprintln!("eval: {secs:.1} s");
+            if let Some(path) = csv {
+                std::fs::write(&path, eval::csv(&rows)).map_err(|e| Error::io(&path, e))?;
+                eprintln!("wrote {}", path.display());
+            }
+            if let Some(path) = plot {
+                let title = format!(
+                    "stories260K, {} TinyStories windows of {seq_len} tokens",
+                    windows.len()
+                );
+                plot::plot(&rows, &path, &title)
+                    .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The llama2c example against llama2.c itself: greedy text byte for byte,
+//! a reduced teacher-forced eval whose checks follow from the method, and a
+//! tokenizer round trip on the story file. The example's modules are compiled
+//! in here, so their unit tests run too.
+//!
+//! Needs `../shared/models/{stories260K.bin,tok512.bin}` and
+//! `../shared/data/tinystories_valid_sample.txt` beside the checkout. Without
+//! them the tests that need them print where to get them and pass, except
+//! under `CI=true`, where a missing file fails.
+
+#[path = "../examples/llama2c/error.rs"]
+mod error;
+#[path = "../examples/llama2c/eval.rs"]
+mod eval;
+#[path = "../examples/llama2c/forward.rs"]
+mod forward;
+#[path = "../examples/llama2c/generate.rs"]
+mod generate;
+#[path = "../examples/llama2c/model.rs"]
+mod model;
+#[path = "../examples/llama2c/policy.rs"]
+mod policy;
+#[path = "../examples/llama2c/tokenizer.rs"]
+mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::eval::Spec;
+use crate::forward::StepOrder;
+use crate::generate::{Options, Sampler};
+use crate::model::Model;
+use crate::policy::PolicyKind;
+use crate::tokenizer::Tokenizer;
+
+/// `../shared/<rel>` beside the checkout, or `None` (with a message) when it
+/// is absent; under `CI=true` an absent file fails the test.
+fn shared(rel: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "{} is missing: get stories260K.bin and tok512.bin from huggingface.co/karpathy/tinyllamas \
+         (folder stories260K/) into ../shared/models/, and TinyStories validation stories into \
+         ../shared/data/ (see the README's \"Real model\" section)",
+        path.display()
+    );
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+    eprintln!("skipped: {msg}");
+    None
+}
+
+fn load() -> Option<(Model, Tokenizer)> {
+    let model = Model::load(&shared("models/stories260K.bin")?).unwrap();
+    let tok = Tokenizer::load_for(&shared("models/tok512.bin")?, model.config.vocab_size).unwrap();
+    Some((model, tok))
+}
+
+/// The indented block after "The expected text is:" in `models/SOURCE.md`.
+fn expected_text(source: &str) -> String {
+    let after = source.split("The expected text is:").nth(1).expect("marker in SOURCE.md");
+    let lines: Vec<&str> = after
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| &l[4..])
+        .collect();
+    lines.join("\n")
+}
+
+#[test]
+fn greedy_text_matches_llama2c() {
+    let Some((model, tok)) = load() else { return };
+    let source = std::fs::read_to_string(shared("models/SOURCE.md").unwrap()).unwrap();
+    let expected = expected_text(&source);
+    assert!(expected.starts_with("Once upon a time") && expected.lines().count() == 4);
+    // Through the crate's FullCache, and through llama2.c-style plain arrays.
+    for plain in [false, true] {
+        let options = Options {
+            prompt: String::new(),
+            steps: 200,
+            policy: PolicyKind::Full.build(512, 0.0, model.config.seq_len).unwrap(),
+            order: StepOrder::Transformer,
+            plain,
+        };
+        let mut greedy = Sampler::new(0.0, 0.9, 1).unwrap();
+        let g = generate::generate(&model, &tok, &mut greedy, &options).unwrap();
+        assert_eq!(g.steps, 200);
+        let c = &model.config;
+        assert_eq!(g.kv_bytes, 200 * c.n_layers * c.n_kv_heads * 2 * c.head_dim() * 4);
+        assert!(g.seconds >= 0.0);
+        assert_eq!(String::from_utf8(g.text).unwrap(), expected, "plain arrays: {plain}");
+    }
+}
+
+#[test]
+fn reduced_eval_follows_from_the_method() {
+    let Some((model, tok)) = load() else { return };
+    let text =
+        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+    let seq_len = model.config.seq_len;
+    let windows = eval::windows(&tok, &text, seq_len, 2);
+    assert_eq!(windows.len(), 2);
+    let mut specs = vec![Spec::full(seq_len)];
+    for percent in [20, 100] {
+        for (kind, f) in
+            [(PolicyKind::Recent, 0.0), (PolicyKind::Heavy, 0.0), (PolicyKind::H2o, 0.5)]
+        {
+            specs.push(Spec::new(kind, percent, f, seq_len));
+        }
+    }
+    let rows =
+        eval::evaluate(&model, &windows, &specs, StepOrder::Transformer, 2, &|_, _| {}).unwrap();
+    let full = rows[0];
+    let c = &model.config;
+    let bytes_per_token = c.n_layers * c.n_kv_heads * 2 * c.head_dim() * size_of::<f32>();
+    for r in &rows {
+        let what = format!("{} at {} tokens", r.spec.label(), r.spec.budget);
+        assert_eq!(r.predictions, 2 * (seq_len as u64 - 1), "{what}");
+        assert!(r.perplexity.is_finite() && r.perplexity >= 1.0, "{what}: {}", r.perplexity);
+        assert!(r.kl >= -1e-12 && (0.0..=1.0).contains(&r.top1_agreement), "{what}");
+        // A window never holds more than the budget (or seq_len for a full cache).
+        assert_eq!(r.kv_bytes_end, (r.spec.budget.min(seq_len) * bytes_per_token) as f64, "{what}");
+        if r.spec.budget >= seq_len {
+            // Nothing is ever evicted: the same attention, bit for bit.
+            assert_eq!(r.nll_sum, full.nll_sum, "{what}");
+            assert_eq!((r.top1_agreement, r.kl), (1.0, 0.0), "{what}");
+        }
+    }
+    let csv = eval::csv(&rows);
+    assert_eq!(csv.lines().count(), 1 + rows.len());
+    assert!(csv.lines().all(|l| l.split(',').count() == 11));
+    assert_eq!(eval::table(&rows).lines().count(), 2 + rows.len());
+}
+
+#[test]
+fn teacher_forced_perplexity_matches_llama2c() {
+    // SOURCE.md: run.c's per-token perplexity on the first 106 tokens of the
+    // greedy text is 1.543 (average NLL 0.434).
+    let Some((model, tok)) = load() else { return };
+    let source = std::fs::read_to_string(shared("models/SOURCE.md").unwrap()).unwrap();
+    let tokens = tok.encode(&expected_text(&source), true);
+    let window = tokens[..106].to_vec();
+    let rows = eval::evaluate(
+        &model,
+        &[window],
+        &[Spec::full(model.config.seq_len)],
+        StepOrder::Transformer,
+        1,
+        &|_, _| {},
+    )
+    .unwrap();
+    let ppl = rows[0].perplexity;
+    // BOS plus the first 105 text tokens: 105 predictions.
+    assert!((ppl - 1.543).abs() < 0.0005, "perplexity {ppl}");
+}
+
+#[test]
+fn tokenizer_round_trips_the_story_file() {
+    let Some((_, tok)) = load() else { return };
+    let text =
+        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+    let mut segments = 0;
+    for segment in text.split(eval::STORY_SEPARATOR) {
+        let tokens = tok.encode(segment, true);
+        assert_eq!(tok.decode(&tokens), segment.as_bytes());
+        // BPE merges: fewer tokens (BOS included) than bytes for English text.
+        assert!(segment.len() < 20 || tokens.len() < segment.len());
+        segments += 1;
+    }
+    assert_eq!(segments, 61); // 60 stories, each followed by a separator
+}
+
+#[test]
+fn mismatched_files_are_errors() {
+    let Some((model, _)) = load() else { return };
+    let tok_path = shared("models/tok512.bin").unwrap();
+    let err = Tokenizer::load_for(&tok_path, model.config.vocab_size + 1).unwrap_err();
+    assert!(matches!(err, Error::VocabMismatch { tokenizer: 512, model: 513 }), "{err}");
+    // The tokenizer is not a checkpoint: its "header" implies another size.
+    let err = Model::load(&tok_path).unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. } | Error::BadHeader { .. }), "{err}");
+}
+
+#[test]
+fn document_order_differs_only_where_the_method_says() {
+    // In document order a query sees only earlier tokens; position 0 sees
+    // none. With a budget covering the window nothing is evicted, so every
+    // policy still gives the full cache's NLL in that order.
+    let Some((model, tok)) = load() else { return };
+    let text =
+        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+    let seq_len = model.config.seq_len;
+    let window = eval::windows(&tok, &text, seq_len, 1)[0][..128].to_vec();
+    let specs = [Spec::full(seq_len), Spec::new(PolicyKind::H2o, 100, 0.5, seq_len)];
+    let run = |order| {
+        eval::evaluate(&model, std::slice::from_ref(&window), &specs, order, 1, &|_, _| {}).unwrap()
+    };
+    let (doc, tf) = (run(StepOrder::Document), run(StepOrder::Transformer));
+    assert_eq!(doc[1].nll_sum, doc[0].nll_sum);
+    assert!(doc[0].perplexity.is_finite() && doc[0].perplexity >= 1.0);
+    assert_ne!(doc[0].nll_sum, tf[0].nll_sum);
+}
+
+#[test]
+fn eval_results_do_not_depend_on_the_thread_count() {
+    let Some((model, tok)) = load() else { return };
+    let text =
+        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+    let seq_len = model.config.seq_len;
+    let windows: Vec<Vec<u32>> =
+        eval::windows(&tok, &text, seq_len, 3).iter().map(|w| w[..96].to_vec()).collect();
+    let specs = [Spec::full(seq_len), Spec::new(PolicyKind::H2o, 5, 0.5, seq_len)];
+    let run = |threads| {
+        eval::evaluate(&model, &windows, &specs, StepOrder::Transformer, threads, &|_, _| {})
+            .unwrap()
+    };
+    assert_eq!(run(1), run(2));
+}
