@@ -18,13 +18,14 @@ use num_traits::Zero;
 
 use crate::element::{Accumulator, Element};
 
-/// Independent accumulators in [`dot`]: enough to hide the add latency and to
-/// let the compiler keep a vector register's worth of partial sums.
-const LANES: usize = 8;
+/// Independent accumulators in [`dot`]: four SSE2 vectors of f32 partial
+/// sums, enough to hide the add latency (with 8, the GQA layer's dot
+/// products were latency-bound).
+const LANES: usize = 16;
 
 /// `Σ a[i]·b[i]` computed in `T::Acc`.
 ///
-/// Uses [`LANES`] independent partial sums (so the result can differ from a
+/// Uses 16 independent partial sums (so the result can differ from a
 /// left-to-right sum in the last bits), then adds the partial sums pairwise.
 ///
 /// # Panics
@@ -47,14 +48,84 @@ pub fn dot<T: Element>(a: &[T], b: &[T]) -> T::Acc {
     for (x, y) in a_tail.iter().zip(b_tail) {
         tail += x.to_acc() * y.to_acc();
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    reduce(&acc, tail)
+}
+
+/// Value rows added together by [`weighted_sum`]: each output element is
+/// loaded and stored once per four value rows instead of once per row.
+const ROWS: usize = 4;
+
+/// Elements of stack scratch per operand when stored rows are widened to the
+/// accumulator type before the arithmetic (the half types): 8 KiB of f32.
+const WIDEN: usize = 2048;
+
+/// The sum of a dot product's partial sums in a fixed order: lanes `l` and
+/// `l + 8` first, then a pairwise tree over the eight results, then the tail.
+#[inline(always)]
+fn reduce<A: Accumulator>(acc: &[A; LANES], tail: A) -> A {
+    let mut h = [acc[0]; 8];
+    for l in 0..8 {
+        h[l] = acc[l] + acc[l + 8];
+    }
+    ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7])) + tail
+}
+
+/// [`dot`] on rows already in the accumulator type, with the same order of
+/// operations (so the same result, bit for bit).
+#[inline(always)]
+fn dot_acc<A: Accumulator>(a: &[A], b: &[A]) -> A {
+    let split = a.len() - a.len() % LANES;
+    let (a_body, a_tail) = a.split_at(split);
+    let (b_body, b_tail) = b.split_at(split);
+    let mut acc = [A::zero(); LANES];
+    for (x, y) in a_body.chunks_exact(LANES).zip(b_body.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = A::zero();
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        tail += *x * *y;
+    }
+    reduce(&acc, tail)
+}
+
+/// Splits `ROWS` consecutive rows of `d` elements.
+#[inline(always)]
+fn rows4<X>(block: &[X], d: usize) -> [&[X]; ROWS] {
+    let (a, rest) = block.split_at(d);
+    let (b, rest) = rest.split_at(d);
+    let (c, e) = rest.split_at(d);
+    [a, b, c, &e[..d]]
+}
+
+/// [`scaled_logits`] on queries and keys in the accumulator type; the
+/// shapes are checked by the caller.
+///
+/// One key row at a time: blocking four rows per query load made LLVM's SLP
+/// vectorizer transpose the rows with shuffles (SSE2), which was slower.
+fn logits_acc<A: Accumulator>(
+    logits: &mut [A],
+    stride: usize,
+    queries: &[A],
+    keys: &[A],
+    d: usize,
+    scale: A,
+) {
+    for (r, key) in keys.chunks_exact(d).enumerate() {
+        for (q, query) in queries.chunks_exact(d).enumerate() {
+            logits[q * stride + r] = dot_acc(query, key) * scale;
+        }
+    }
 }
 
 /// Scaled dot products of `g` queries against `n` keys.
 ///
 /// `logits[q * stride + r] = scale · dot(queries[q], keys[r])` for `q < g`,
-/// `r < n`; entries of a row past `n` are left untouched. Each key row is read
-/// once for all `g` queries (the GQA saving).
+/// `r < n` (the same value, bit for bit, as [`dot`]); entries of a row past
+/// `n` are left untouched. Each key row is read once for all `g` queries (the
+/// GQA saving). Half-precision rows are widened to f32 a block of rows at a
+/// time (one vectorized conversion per block) before the arithmetic.
 ///
 /// - `queries`: `[g × d]`, `keys`: `[n × d]`, `logits`: at least
 ///   `(g − 1) · stride + n` elements.
@@ -79,15 +150,28 @@ pub fn scaled_logits<T: Element>(
         return;
     }
     assert!(logits.len() >= (g - 1) * stride + n, "scaled_logits: logits too short");
-    if g == 1 {
-        for (out, key) in logits[..n].iter_mut().zip(keys.chunks_exact(d)) {
-            *out = dot(queries, key) * scale;
+    if let (Some(q), Some(k)) = (T::as_acc_slice(queries), T::as_acc_slice(keys)) {
+        logits_acc(logits, stride, q, k, d, scale);
+    } else if d <= WIDEN / ROWS {
+        let zero = T::Acc::zero();
+        let (mut q_buf, mut k_buf) = ([zero; WIDEN], [zero; WIDEN]);
+        let q_rows = WIDEN / d;
+        let k_rows = WIDEN / d / ROWS * ROWS;
+        for (qi, q_block) in queries.chunks(q_rows * d).enumerate() {
+            let q = &mut q_buf[..q_block.len()];
+            T::widen_slice(q_block, q);
+            for (ki, k_block) in keys.chunks(k_rows * d).enumerate() {
+                let k = &mut k_buf[..k_block.len()];
+                T::widen_slice(k_block, k);
+                let at = qi * q_rows * stride + ki * k_rows;
+                logits_acc(&mut logits[at..], stride, q, k, d, scale);
+            }
         }
-        return;
-    }
-    for (r, key) in keys.chunks_exact(d).enumerate() {
-        for (q, query) in queries.chunks_exact(d).enumerate() {
-            logits[q * stride + r] = dot(query, key) * scale;
+    } else {
+        for (r, key) in keys.chunks_exact(d).enumerate() {
+            for (q, query) in queries.chunks_exact(d).enumerate() {
+                logits[q * stride + r] = dot(query, key) * scale;
+            }
         }
     }
 }
@@ -119,9 +203,69 @@ pub fn softmax_in_place<A: Accumulator>(row: &mut [A]) {
     }
 }
 
+/// `out[i] += w[0]·v[0][i] + … + w[3]·v[3][i]`, added one row at a time in
+/// order (the same result, bit for bit, as four [`axpy`] calls).
+///
+/// A plain element-wise loop: the compiler vectorizes it along `i` with
+/// contiguous loads. (Explicit lane arrays here made LLVM vectorize across
+/// chunks with strided gathers.)
+#[inline(always)]
+fn axpy4<A: Accumulator>(out: &mut [A], w: [A; ROWS], v: [&[A]; ROWS]) {
+    let n = out.len();
+    let (v0, v1, v2, v3) = (&v[0][..n], &v[1][..n], &v[2][..n], &v[3][..n]);
+    for ((((o, a), b), c), e) in out.iter_mut().zip(v0).zip(v1).zip(v2).zip(v3) {
+        *o = (((*o + w[0] * *a) + w[1] * *b) + w[2] * *c) + w[3] * *e;
+    }
+}
+
+/// `out[i] += w · x[i]`.
+#[inline(always)]
+fn axpy<A: Accumulator>(out: &mut [A], w: A, x: &[A]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o += w * *v;
+    }
+}
+
+/// Adds `Σ_r weights[q * stride + r] · values[r]` to `out[q]`, on values in
+/// the accumulator type; shapes are checked by the caller. Blocks of rows
+/// whose weights are all zero (masked or underflowed) are skipped.
+fn accumulate_acc<A: Accumulator>(
+    out: &mut [A],
+    weights: &[A],
+    stride: usize,
+    values: &[A],
+    d: usize,
+) {
+    let zero = A::zero();
+    let mut blocks = values.chunks_exact(ROWS * d);
+    let mut r = 0;
+    for block in &mut blocks {
+        let v = rows4(block, d);
+        for (q, out_row) in out.chunks_exact_mut(d).enumerate() {
+            let w = &weights[q * stride + r..][..ROWS];
+            if w.iter().any(|&x| x != zero) {
+                axpy4(out_row, [w[0], w[1], w[2], w[3]], v);
+            }
+        }
+        r += ROWS;
+    }
+    for value in blocks.remainder().chunks_exact(d) {
+        for (q, out_row) in out.chunks_exact_mut(d).enumerate() {
+            let w = weights[q * stride + r];
+            if w != zero {
+                axpy(out_row, w, value);
+            }
+        }
+        r += 1;
+    }
+}
+
 /// Attention outputs: `out[q] = Σ_r weights[q * stride + r] · values[r]`.
 ///
-/// Overwrites `out`. Each value row is read once for all `g` queries.
+/// Overwrites `out`. Each value row is read once for all `g` queries; each
+/// output row is loaded and stored once per four value rows. The sum runs
+/// over `r` in order, so the result does not depend on the blocking.
+/// Half-precision rows are widened to f32 a block at a time.
 ///
 /// - `out`: `[g × d]`, `values`: `[n × d]`, `weights`: at least
 ///   `(g − 1) · stride + n` elements.
@@ -146,35 +290,34 @@ pub fn weighted_sum<T: Element>(
         return;
     }
     assert!(weights.len() >= (g - 1) * stride + n, "weighted_sum: weights too short");
-    for (r, value) in values.chunks_exact(d).enumerate() {
-        for (q, out_row) in out.chunks_exact_mut(d).enumerate() {
-            let w = weights[q * stride + r];
-            if w != T::Acc::zero() {
-                axpy(out_row, w, value);
+    if let Some(v) = T::as_acc_slice(values) {
+        accumulate_acc(out, weights, stride, v, d);
+    } else if d <= WIDEN / ROWS {
+        let mut v_buf = [T::Acc::zero(); WIDEN];
+        let v_rows = WIDEN / d / ROWS * ROWS;
+        for (i, block) in values.chunks(v_rows * d).enumerate() {
+            let v = &mut v_buf[..block.len()];
+            T::widen_slice(block, v);
+            accumulate_acc(out, &weights[i * v_rows..], stride, v, d);
+        }
+    } else {
+        for (r, value) in values.chunks_exact(d).enumerate() {
+            for (q, out_row) in out.chunks_exact_mut(d).enumerate() {
+                let w = weights[q * stride + r];
+                if w != T::Acc::zero() {
+                    for (o, x) in out_row.iter_mut().zip(value) {
+                        *o += w * x.to_acc();
+                    }
+                }
             }
         }
-    }
-}
-
-/// `out[i] += w · x[i]`.
-#[inline]
-fn axpy<T: Element>(out: &mut [T::Acc], w: T::Acc, x: &[T]) {
-    let split = out.len() - out.len() % LANES;
-    let (out_body, out_tail) = out.split_at_mut(split);
-    let (x_body, x_tail) = x.split_at(split);
-    for (o, v) in out_body.chunks_exact_mut(LANES).zip(x_body.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            o[l] += w * v[l].to_acc();
-        }
-    }
-    for (o, v) in out_tail.iter_mut().zip(x_tail) {
-        *o += w * v.to_acc();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use num_traits::One;
 
     fn naive_dot(a: &[f64], b: &[f64]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -258,6 +401,77 @@ mod tests {
                 let want: f64 = (0..4).map(|r| logits[q * stride + r] * values[r * d + j]).sum();
                 assert!((out[q * d + j] - want).abs() < 1e-14);
             }
+        }
+    }
+
+    /// Deterministic values in `[-2, 2)`.
+    fn values(len: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 51) as f64 - 2.0
+            })
+            .collect()
+    }
+
+    /// The blocked kernels against one `dot` / one in-order sum per entry,
+    /// for any element type: equal bit for bit (`==`, so ±0 compare equal).
+    fn blocked_equals_unblocked<T: Element>(g: usize, n: usize, d: usize, from: impl Fn(f64) -> T) {
+        let q: Vec<T> = values(g * d, 1).into_iter().map(&from).collect();
+        let k: Vec<T> = values(n * d, 2).into_iter().map(&from).collect();
+        let v: Vec<T> = values(n * d, 3).into_iter().map(&from).collect();
+        let stride = n + 3;
+        let scale = T::Acc::one() / T::Acc::from_usize(3);
+        let mut logits = vec![T::Acc::zero(); g * stride];
+        scaled_logits(&mut logits, stride, &q, &k, d, scale);
+        for qi in 0..g {
+            for r in 0..n {
+                let want = dot(&q[qi * d..][..d], &k[r * d..][..d]) * scale;
+                assert!(logits[qi * stride + r] == want, "g{g} n{n} d{d}: logit {qi},{r}");
+            }
+            // Some zero weights, as masked slots have.
+            let row = &mut logits[qi * stride..][..n];
+            softmax_in_place(row);
+            row.iter_mut().step_by(3).for_each(|w| *w = T::Acc::zero());
+        }
+        let mut out = vec![T::Acc::zero(); g * d];
+        weighted_sum(&mut out, &logits, stride, &v, d);
+        for qi in 0..g {
+            for j in 0..d {
+                let mut want = T::Acc::zero();
+                for r in 0..n {
+                    let w = logits[qi * stride + r];
+                    if w != T::Acc::zero() {
+                        want += w * v[r * d + j].to_acc();
+                    }
+                }
+                assert!(out[qi * d + j] == want, "g{g} n{n} d{d}: out {qi},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_kernels_match_row_by_row_at_odd_shapes() {
+        for (g, n, d) in [(1, 1, 1), (1, 3, 7), (1, 4, 8), (2, 5, 9), (1, 9, 16), (4, 13, 24)] {
+            blocked_equals_unblocked::<f32>(g, n, d, |x| x as f32);
+            blocked_equals_unblocked::<f64>(g, n, d, |x| x);
+        }
+        // A whole widening block and a partial one.
+        blocked_equals_unblocked::<f32>(3, 2 * WIDEN / 64 + 5, 64, |x| x as f32);
+    }
+
+    #[cfg(feature = "half")]
+    #[test]
+    fn widened_half_rows_match_per_element_arithmetic() {
+        // Shapes that hit full and partial widening blocks, more queries than
+        // fit one block (d = 512: 4 queries per block), and the per-element
+        // path for rows wider than a block allows (d = 520).
+        for (g, n, d) in [(1, 5, 8), (2, 70, 128), (5, 9, 512), (1, 6, 520), (2, 3, 7)] {
+            blocked_equals_unblocked::<half::f16>(g, n, d, half::f16::from_f64);
+            blocked_equals_unblocked::<half::bf16>(g, n, d, half::bf16::from_f64);
         }
     }
 }

@@ -120,6 +120,12 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         &self.heads
     }
 
+    /// Mutable access to the heads, for snapshot restore (crate-internal:
+    /// callers must keep every head's token count and positions in step).
+    pub(crate) fn heads_mut(&mut self) -> &mut [Cache<T, P>] {
+        &mut self.heads
+    }
+
     /// Tokens resident per KV head (the same for every head).
     #[must_use]
     pub fn len(&self) -> usize {
@@ -176,11 +182,16 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     }
 
     /// Copies each head's committed outputs into the layer output.
-    fn commit_all(&mut self, staged: Option<&[usize]>) {
+    /// With `staged`, first occupies each head's staged slot (its vacant
+    /// slot: staging and computing change nothing, so it is still the one
+    /// `stage` wrote). Re-deriving it keeps `step` free of a per-call list,
+    /// which allocated with more than 16 KV heads.
+    fn commit_all(&mut self, staged: bool) {
         let g = self.group_size() * self.head_dim;
         for (h, head) in self.heads.iter_mut().enumerate() {
-            if let Some(slots) = staged {
-                head.commit_insert(slots[h]);
+            if staged {
+                let slot = head.store().vacant_slot().expect("a staged slot is vacant");
+                head.commit_insert(slot);
             }
             let out = head.commit_attention();
             self.out[h * g..][..g].copy_from_slice(out);
@@ -197,15 +208,13 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     pub fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
         self.check_query(query)?;
         self.check_key_value(key, value)?;
-        let mut slots = smallvec::SmallVec::<[usize; 16]>::new();
         for h in 0..self.heads.len() {
             let (k, v, q) = (self.row(key, h), self.row(value, h), self.group_query(query, h));
             let head = &mut self.heads[h];
             let slot = head.stage(k, v);
             head.compute(q, Some(slot))?;
-            slots.push(slot);
         }
-        self.commit_all(Some(&slots));
+        self.commit_all(true);
         self.heads.iter_mut().for_each(Cache::evict_to_budget);
         Ok(&self.out)
     }
@@ -218,7 +227,7 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         self.check_query(query)?;
         self.check_key_value(key, value)?;
         self.compute_all(query)?;
-        self.commit_all(None);
+        self.commit_all(false);
         for h in 0..self.heads.len() {
             let (k, v) = (self.row(key, h), self.row(value, h));
             let head = &mut self.heads[h];
@@ -245,7 +254,9 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     pub fn attend(&mut self, query: &[T]) -> Result<&[T]> {
         self.check_query(query)?;
         self.compute_all(query)?;
-        self.commit_all(None);
+        self.commit_all(false);
+        // As `KvCache::attend`: a call that evicts nothing reports nothing.
+        self.heads.iter_mut().for_each(|h| h.parts_mut().last_evicted.clear());
         Ok(&self.out)
     }
 

@@ -25,7 +25,7 @@ pub(crate) enum SlotState {
 }
 
 /// Fixed-capacity storage for one attention head's resident tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SlotStore<T> {
     head_dim: usize,
     /// `[slots × head_dim]`, row-major; row `s` is the key of the token in slot `s`.
@@ -182,10 +182,14 @@ impl<T: Element> SlotStore<T> {
         self.len -= 1;
     }
 
-    #[cfg(test)]
     /// Slots of the recent window, oldest first.
     pub(crate) fn recent(&self) -> impl Iterator<Item = usize> + '_ {
         self.recent.iter().copied()
+    }
+
+    /// The free-slot stack, bottom first (the last entry is reused next).
+    pub(crate) fn free_slots(&self) -> &[usize] {
+        &self.free
     }
 
     /// Forgets every token; keeps the allocation.
@@ -195,6 +199,31 @@ impl<T: Element> SlotStore<T> {
         self.recent.clear();
         self.high_water = 0;
         self.len = 0;
+    }
+}
+
+/// A derived `Clone` would give the free stack and the recent ring only the
+/// capacity of their current length, so a clone (and every head of a
+/// `LayerCache`, built by cloning) would allocate while decoding. This keeps
+/// their full capacity, as [`SlotStore::new`] does.
+impl<T: Clone> Clone for SlotStore<T> {
+    fn clone(&self) -> Self {
+        let mut free = Vec::with_capacity(self.states.len());
+        free.extend_from_slice(&self.free);
+        let mut recent = VecDeque::with_capacity(self.window.min(self.states.len()));
+        recent.extend(self.recent.iter().copied());
+        Self {
+            head_dim: self.head_dim,
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            positions: self.positions.clone(),
+            states: self.states.clone(),
+            free,
+            high_water: self.high_water,
+            recent,
+            window: self.window,
+            len: self.len,
+        }
     }
 }
 
