@@ -9,10 +9,10 @@
 //!
 //! | policy | cache alias | keeps | evicts |
 //! |---|---|---|---|
-//! | [`Full`] | [`FullCache`](crate::FullCache) | everything, up to a fixed capacity | nothing |
-//! | [`Recent`] | [`RecentOnly`](crate::RecentOnly) | the newest `budget` tokens | the oldest token |
-//! | [`Heavy`] | [`HeavyOnly`](crate::HeavyOnly) | the newest token + the `budget − 1` highest scores | the lowest score among the others |
-//! | [`H2O`] | [`H2OCache`](crate::H2OCache) | the newest `recent` + the `heavy` highest scores | the lowest score outside the recent window |
+//! | [`Full`] | [`FullCache`] | everything, up to a fixed capacity | nothing |
+//! | [`Recent`] | [`RecentOnly`] | the newest `budget` tokens | the oldest token |
+//! | [`Heavy`] | [`HeavyOnly`] | the newest token + the `budget − 1` highest scores | the lowest score among the others |
+//! | [`H2O`] | [`H2OCache`] | the newest `recent` + the `heavy` highest scores | the lowest score outside the recent window |
 
 use core::cmp::Ordering;
 use core::fmt::Debug;
