@@ -112,6 +112,51 @@ pub enum Error {
         /// Key/value heads.
         n_kv_heads: usize,
     },
+    /// A snapshot ends before its declared contents (cut off in transit or
+    /// on disk).
+    #[error("snapshot is truncated: {needed} bytes needed, {got} present")]
+    SnapshotTruncated {
+        /// Bytes the snapshot needs up to the point where it ran out.
+        needed: usize,
+        /// Bytes it has.
+        got: usize,
+    },
+    /// The bytes do not start with the snapshot magic: not a snapshot of this crate.
+    #[error("not an h2o-kv snapshot (bad magic)")]
+    SnapshotMagic,
+    /// A snapshot written in a format version this build cannot read.
+    #[error("snapshot format version {found} is not supported (this build reads {supported})")]
+    SnapshotVersion {
+        /// The version in the snapshot.
+        found: u16,
+        /// The version this build reads and writes.
+        supported: u16,
+    },
+    /// The snapshot's checksum does not match its contents (corrupted bytes).
+    #[error("snapshot checksum {stored:#018x} does not match its contents ({computed:#018x})")]
+    SnapshotChecksum {
+        /// Checksum stored in the snapshot.
+        stored: u64,
+        /// Checksum of the bytes actually present.
+        computed: u64,
+    },
+    /// The snapshot holds another element type, another kind of cache
+    /// (single head vs layer), or a policy the target type cannot hold.
+    #[error("snapshot holds {found}, expected {expected}")]
+    SnapshotMismatch {
+        /// What the restoring call expected (`"f32"`, `"a layer cache"`,
+        /// `"an h2o policy"`, ...).
+        expected: &'static str,
+        /// What the snapshot holds.
+        found: &'static str,
+    },
+    /// The snapshot passed its checksum but describes an impossible cache
+    /// (inconsistent slot layout, non-finite data, bad configuration).
+    #[error("snapshot is invalid: {reason}")]
+    SnapshotInvalid {
+        /// What is inconsistent.
+        reason: &'static str,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

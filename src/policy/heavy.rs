@@ -38,6 +38,12 @@ impl Heavy {
     pub fn with_tie_rule(self, tie: TieRule) -> Self {
         Self { tie, ..self }
     }
+
+    /// The tie rule in force.
+    #[must_use]
+    pub fn tie_rule(&self) -> TieRule {
+        self.tie
+    }
 }
 
 impl EvictionPolicy for Heavy {
