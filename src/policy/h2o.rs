@@ -42,7 +42,7 @@ impl H2O {
     /// # Errors
     /// [`Error::ZeroBudget`] if `heavy + recent == 0`;
     /// [`Error::BudgetTooLarge`] if the sum overflows or exceeds
-    /// [`MAX_BUDGET`](crate::MAX_BUDGET).
+    /// [`MAX_BUDGET`].
     pub fn new(heavy: usize, recent: usize) -> Result<Self> {
         let budget = heavy
             .checked_add(recent)
