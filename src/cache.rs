@@ -29,8 +29,9 @@ pub const MAX_HEAD_DIM: usize = 1 << 16;
 ///
 /// # Memory
 /// Allocated once at construction: keys and values `[capacity × head_dim]`
-/// each, plus `capacity` positions (u64) and scores (f64), and scratch for
-/// one query's logits. Decode calls never allocate.
+/// each, plus `capacity` positions (u64) and scores (f64), scratch for
+/// one query's logits, and a copy of the last attention's logits and weights
+/// for [`last_attention`](Self::last_attention). Decode calls never allocate.
 ///
 /// # Scores
 /// Accumulated scores are `f64` whatever `T` is. A long stream adds about 1
@@ -60,6 +61,13 @@ pub struct Cache<T: Element, P: EvictionPolicy> {
     group_capacity: usize,
     /// Shape of the last computed attention: (queries, slots covered).
     last: Option<(usize, usize)>,
+    /// `[slots]` each: the first query's logits and weights of the last
+    /// committed attention. Kept apart from the scratch so that a call that
+    /// fails after computing cannot change what `last_attention` shows.
+    shown_logits: Vec<T::Acc>,
+    shown_weights: Vec<T::Acc>,
+    /// Slots covered by `shown_*`; `None` once the resident set has changed.
+    shown: Option<usize>,
     /// Positions evicted by the last call; one inline slot covers decode.
     last_evicted: SmallVec<[u64; 2]>,
 }
@@ -100,10 +108,15 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             out: Vec::new(),
             group_capacity: 0,
             last: None,
+            shown_logits: Vec::new(),
+            shown_weights: Vec::new(),
+            shown: None,
             last_evicted: SmallVec::new(),
             policy,
         };
         cache.scores = try_vec(slots, 0.0)?;
+        cache.shown_logits = try_vec(slots, T::Acc::zero())?;
+        cache.shown_weights = try_vec(slots, T::Acc::zero())?;
         cache.reserve_group(1)?;
         Ok(cache)
     }
@@ -112,12 +125,15 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     /// (the seed walkthrough uses 1). Logits are `scale · q·k`.
     ///
     /// # Errors
-    /// [`Error::InvalidScale`] unless `scale` is finite and positive.
+    /// [`Error::InvalidScale`] unless `scale` is finite and positive, also
+    /// once rounded to the accumulator type (an `f32` cache refuses `1e300`,
+    /// which rounds to infinity, and `1e-50`, which rounds to zero).
     pub fn with_scale(mut self, scale: f64) -> Result<Self> {
-        if !(scale.is_finite() && scale > 0.0) {
+        let narrow = T::Acc::narrow(scale);
+        if !(scale.is_finite() && scale > 0.0 && narrow.is_finite() && narrow > T::Acc::zero()) {
             return Err(Error::InvalidScale { scale });
         }
-        self.scale = T::Acc::narrow(scale);
+        self.scale = narrow;
         Ok(self)
     }
 
@@ -146,14 +162,11 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     ///
     /// Meant for inspection and teaching (the walkthrough prints it).
     pub fn last_attention(&self) -> impl Iterator<Item = AttentionEntry> + '_ {
-        let rows = match self.last {
-            Some((_, rows)) => rows,
-            None => 0,
-        };
+        let rows = self.shown.unwrap_or(0);
         (0..rows).filter(|&s| self.store.state(s) != SlotState::Free).map(|s| AttentionEntry {
             position: self.store.position(s),
-            logit: self.logits[s].widen(),
-            weight: self.weights[s].widen(),
+            logit: self.shown_logits[s].widen(),
+            weight: self.shown_weights[s].widen(),
         })
     }
 
@@ -228,17 +241,31 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             d,
             self.scale,
         );
+        // Free slots below `rows` other than the staged one: they hold stale
+        // rows and get weight 0. Zero in steady state (an eviction frees the
+        // slot the next token is staged in) and for caches that never evict.
+        let masked = rows - self.store.len() - usize::from(staged.is_some());
         for q in 0..g {
             let logits = &self.logits[q * stride..][..rows];
-            let weights = &mut self.weights[q * stride..][..rows];
-            for s in 0..rows {
-                let live = self.store.state(s) != SlotState::Free || Some(s) == staged;
-                if !live {
-                    weights[s] = T::Acc::neg_infinity();
-                } else if logits[s].is_finite() {
-                    weights[s] = logits[s];
-                } else {
+            // One branch-free pass; only if it fails, find out whether the
+            // overflow is in a live slot (a masked slot's stale row can
+            // overflow too, and is ignored).
+            if !logits.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                let states = self.store.states();
+                let live = |s: usize| {
+                    states.get(s).is_none_or(|&st| st != SlotState::Free) || Some(s) == staged
+                };
+                if (0..rows).any(|s| live(s) && !logits[s].is_finite()) {
                     return Err(Error::AttentionOverflow { what: "logit" });
+                }
+            }
+            let weights = &mut self.weights[q * stride..][..rows];
+            weights.copy_from_slice(logits);
+            if masked > 0 {
+                for (s, (w, &state)) in weights.iter_mut().zip(self.store.states()).enumerate() {
+                    if state == SlotState::Free && Some(s) != staged {
+                        *w = T::Acc::neg_infinity();
+                    }
                 }
             }
             kernels::softmax_in_place(weights);
@@ -274,6 +301,9 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
                 *score += w.widen();
             }
         }
+        self.shown_logits[..rows].copy_from_slice(&self.logits[..rows]);
+        self.shown_weights[..rows].copy_from_slice(&self.weights[..rows]);
+        self.shown = Some(rows);
         let n = g * self.head_dim;
         for (o, a) in self.out[..n].iter_mut().zip(&self.out_acc[..n]) {
             *o = T::from_acc(*a);
@@ -291,7 +321,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             let Some(victim) = self.select_victim() else { break };
             self.last_evicted.push(self.store.position(victim));
             self.store.release(victim);
-            self.last = None;
+            self.shown = None;
         }
         self.last_evicted.sort_unstable();
     }
@@ -331,7 +361,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     }
 
     pub(crate) fn invalidate_attention(&mut self) {
-        self.last = None;
+        self.shown = None;
     }
 }
 
@@ -385,7 +415,7 @@ impl<T: Element, P: EvictionPolicy> KvCache<T> for Cache<T, P> {
         self.check_key_value(key, value)?;
         self.check_room(1)?;
         let slot = self.stage(key, value);
-        self.last = None;
+        self.shown = None;
         self.last_evicted.clear();
         Ok(self.commit_insert(slot))
     }
@@ -453,6 +483,7 @@ impl<T: Element, P: EvictionPolicy> KvCache<T> for Cache<T, P> {
         self.scores.iter_mut().for_each(|s| *s = 0.0);
         self.next_position = 0;
         self.last = None;
+        self.shown = None;
         self.last_evicted.clear();
     }
 }
@@ -463,4 +494,36 @@ pub(crate) fn try_vec<X: Clone>(n: usize, x: X) -> Result<Vec<X>> {
         .map_err(|_| Error::AllocationFailed { bytes: n.saturating_mul(size_of::<X>()) })?;
     v.resize(n, x);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, FullCache, KvCache, RecentOnly};
+
+    /// A live logit that overflows to `-inf` (or `+inf`) is an error, not a
+    /// masked slot; a stale row in a free slot that would overflow is ignored.
+    #[test]
+    fn only_live_slots_can_overflow() {
+        let huge = [1e30f32, 1e30];
+        let small = [1e-3f32, 1e-3];
+        for sign in [1.0f32, -1.0] {
+            let mut c = FullCache::<f32>::new(2, 4).unwrap();
+            c.insert(&huge.map(|x| sign * x), &[1.0, 1.0]).unwrap();
+            c.insert(&small, &[2.0, 2.0]).unwrap();
+            let err = c.attend(&huge).unwrap_err();
+            assert!(matches!(err, Error::AttentionOverflow { what: "logit" }), "{err:?}");
+        }
+
+        // Recent-only, budget 2: the huge key (position 0) is evicted, its
+        // slot stays free below the high-water mark, and attention ignores it.
+        let mut c = RecentOnly::<f32>::new(2, 2).unwrap();
+        c.insert(&huge, &[1.0, 1.0]).unwrap();
+        c.insert(&small, &[2.0, 2.0]).unwrap();
+        c.insert(&small, &[4.0, 4.0]).unwrap();
+        assert_eq!(c.evict(), &[0]);
+        let out = c.attend(&huge).unwrap().to_vec();
+        assert_eq!(out, [3.0, 3.0], "equal logits: the mean of the two live values");
+        let weights: Vec<f64> = c.last_attention().map(|e| e.weight).collect();
+        assert_eq!(weights, [0.5, 0.5]);
+    }
 }
