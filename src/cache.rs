@@ -327,13 +327,14 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     }
 
     /// The candidate the policy evicts first: one scan over the candidates.
+    /// The store keeps a list of the candidate slots, so this visits only
+    /// candidates (`heavy + 1` of them in steady state), with no branch on
+    /// slot states.
     fn select_victim(&self) -> Option<usize> {
+        let positions = self.store.positions();
         let mut best: Option<(usize, Candidate)> = None;
-        for (s, &state) in self.store.states().iter().enumerate() {
-            if state != SlotState::Candidate {
-                continue;
-            }
-            let c = Candidate { position: self.store.position(s), score: self.scores[s] };
+        for &s in self.store.candidates() {
+            let c = Candidate { position: positions[s], score: self.scores[s] };
             match &best {
                 Some((_, b)) if !self.policy.eviction_order(&c, b).is_lt() => {}
                 _ => best = Some((s, c)),

@@ -46,7 +46,15 @@ pub(crate) struct SlotStore<T> {
     window: usize,
     /// Occupied slots.
     len: usize,
+    /// Slots in the `Candidate` state, in no particular order, so the victim
+    /// search visits only candidates and never branches on a slot's state.
+    candidates: Vec<usize>,
+    /// `[slots]`: index of each slot in `candidates`, or `NOT_CANDIDATE`.
+    candidate_index: Vec<usize>,
 }
+
+/// `candidate_index` entry of a slot that is not a candidate.
+const NOT_CANDIDATE: usize = usize::MAX;
 
 impl<T: Element> SlotStore<T> {
     /// Allocates `slots` rows of `head_dim` elements and a ring of `window` slots.
@@ -64,7 +72,34 @@ impl<T: Element> SlotStore<T> {
             recent: VecDeque::with_capacity(window.min(slots)),
             window,
             len: 0,
+            candidates: with_capacity(slots)?,
+            candidate_index: filled(slots, NOT_CANDIDATE)?,
         })
+    }
+
+    /// Slots of the eviction candidates (occupied, outside the recent window),
+    /// in no particular order.
+    pub(crate) fn candidates(&self) -> &[usize] {
+        &self.candidates
+    }
+
+    fn set_candidate(&mut self, slot: usize) {
+        self.states[slot] = SlotState::Candidate;
+        if self.candidate_index[slot] == NOT_CANDIDATE {
+            self.candidate_index[slot] = self.candidates.len();
+            self.candidates.push(slot);
+        }
+    }
+
+    fn unset_candidate(&mut self, slot: usize, state: SlotState) {
+        self.states[slot] = state;
+        let i = core::mem::replace(&mut self.candidate_index[slot], NOT_CANDIDATE);
+        if i != NOT_CANDIDATE {
+            self.candidates.swap_remove(i);
+            if let Some(&moved) = self.candidates.get(i) {
+                self.candidate_index[moved] = i;
+            }
+        }
     }
 
     pub(crate) fn slots(&self) -> usize {
@@ -147,7 +182,7 @@ impl<T: Element> SlotStore<T> {
             self.free.pop();
         }
         self.positions[slot] = position;
-        self.states[slot] = SlotState::Candidate;
+        self.set_candidate(slot);
         self.len += 1;
     }
 
@@ -159,25 +194,24 @@ impl<T: Element> SlotStore<T> {
         }
         if self.recent.len() == self.window {
             if let Some(oldest) = self.recent.pop_front() {
-                self.states[oldest] = SlotState::Candidate;
+                self.set_candidate(oldest);
             }
         }
         self.recent.push_back(slot);
-        self.states[slot] = SlotState::Recent;
+        self.unset_candidate(slot, SlotState::Recent);
     }
 
     /// Empties the recent window; its tokens become candidates.
     pub(crate) fn clear_recent(&mut self) {
-        for &slot in &self.recent {
-            self.states[slot] = SlotState::Candidate;
+        while let Some(slot) = self.recent.pop_front() {
+            self.set_candidate(slot);
         }
-        self.recent.clear();
     }
 
     /// Frees an occupied slot outside the recent window.
     pub(crate) fn release(&mut self, slot: usize) {
         debug_assert_eq!(self.states[slot], SlotState::Candidate);
-        self.states[slot] = SlotState::Free;
+        self.unset_candidate(slot, SlotState::Free);
         self.free.push(slot);
         self.len -= 1;
     }
@@ -195,6 +229,8 @@ impl<T: Element> SlotStore<T> {
     /// Forgets every token; keeps the allocation.
     pub(crate) fn reset(&mut self) {
         self.states.iter_mut().for_each(|s| *s = SlotState::Free);
+        self.candidate_index.iter_mut().for_each(|i| *i = NOT_CANDIDATE);
+        self.candidates.clear();
         self.free.clear();
         self.recent.clear();
         self.high_water = 0;
@@ -212,6 +248,8 @@ impl<T: Clone> Clone for SlotStore<T> {
         free.extend_from_slice(&self.free);
         let mut recent = VecDeque::with_capacity(self.window.min(self.states.len()));
         recent.extend(self.recent.iter().copied());
+        let mut candidates = Vec::with_capacity(self.states.len());
+        candidates.extend_from_slice(&self.candidates);
         Self {
             head_dim: self.head_dim,
             keys: self.keys.clone(),
@@ -223,6 +261,8 @@ impl<T: Clone> Clone for SlotStore<T> {
             recent,
             window: self.window,
             len: self.len,
+            candidates,
+            candidate_index: self.candidate_index.clone(),
         }
     }
 }
@@ -284,6 +324,38 @@ mod tests {
         assert_eq!(s.recent().collect::<Vec<_>>(), [b, c]);
         s.clear_recent();
         assert!(s.states().iter().all(|&st| st == SlotState::Candidate));
+    }
+
+    /// The candidate list always holds exactly the slots in the Candidate state.
+    fn assert_candidates_match(s: &SlotStore<f32>) {
+        let mut listed = s.candidates().to_vec();
+        listed.sort_unstable();
+        let want: Vec<usize> =
+            (0..s.slots()).filter(|&i| s.states[i] == SlotState::Candidate).collect();
+        assert_eq!(listed, want);
+    }
+
+    #[test]
+    fn candidate_list_follows_every_transition() {
+        let mut s = store(6, 2);
+        for pos in 0..5 {
+            insert(&mut s, pos);
+            assert_candidates_match(&s);
+        }
+        s.release(1);
+        assert_candidates_match(&s);
+        s.release(0);
+        assert_candidates_match(&s);
+        insert(&mut s, 5);
+        assert_candidates_match(&s);
+        s.clear_recent();
+        assert_candidates_match(&s);
+        assert_eq!(s.candidates().len(), s.len());
+        let c = s.clone();
+        assert_candidates_match(&c);
+        s.reset();
+        assert_candidates_match(&s);
+        assert!(s.candidates().is_empty());
     }
 
     #[test]

@@ -43,6 +43,7 @@ impl EvictionPolicy for AnyPolicy {
     fn recent_window(&self) -> usize {
         dispatch!(self, p => p.recent_window())
     }
+    #[inline]
     fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
         dispatch!(self, p => p.eviction_order(a, b))
     }

@@ -39,6 +39,7 @@ impl EvictionPolicy for Full {
     fn recent_window(&self) -> usize {
         0
     }
+    #[inline]
     fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
         a.position.cmp(&b.position)
     }

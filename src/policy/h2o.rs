@@ -105,6 +105,7 @@ impl EvictionPolicy for H2O {
     fn recent_window(&self) -> usize {
         self.recent
     }
+    #[inline]
     fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
         lowest_score_first(self.tie, a, b)
     }

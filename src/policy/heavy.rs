@@ -56,6 +56,7 @@ impl EvictionPolicy for Heavy {
     fn recent_window(&self) -> usize {
         1
     }
+    #[inline]
     fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
         lowest_score_first(self.tie, a, b)
     }

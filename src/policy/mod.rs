@@ -60,6 +60,7 @@ pub enum TieRule {
 impl TieRule {
     /// Orders two candidates with equal scores: `Less` means `a` is evicted first.
     #[must_use]
+    #[inline]
     pub fn order(self, a: &Candidate, b: &Candidate) -> Ordering {
         match self {
             TieRule::KeepOlder => b.position.cmp(&a.position),
@@ -69,6 +70,7 @@ impl TieRule {
 }
 
 /// Lowest accumulated score first, ties broken by `tie` (H2O and HeavyOnly).
+#[inline]
 pub(crate) fn lowest_score_first(tie: TieRule, a: &Candidate, b: &Candidate) -> Ordering {
     a.score.total_cmp(&b.score).then_with(|| tie.order(a, b))
 }

@@ -37,6 +37,7 @@ impl EvictionPolicy for Recent {
     fn recent_window(&self) -> usize {
         self.budget
     }
+    #[inline]
     fn eviction_order(&self, a: &Candidate, b: &Candidate) -> Ordering {
         a.position.cmp(&b.position)
     }
