@@ -11,20 +11,9 @@
 
 use h2o_kv::{AnyPolicy, Cache, Full, H2O, H2OCache, Heavy, KvCache, LayerCache, Recent, TieRule};
 
-/// splitmix64.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0).collect()
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
@@ -105,7 +94,8 @@ fn layer_heads_never_share_scores() {
     let mut rng = Rng(5);
     for _ in 0..50 {
         let (q0, k0, v0) = (rng.vec(2), rng.vec(2), rng.vec(2));
-        let (q1, k1, v1) = (rng.vec(2).iter().map(|x| x * 30.0).collect(), rng.vec(2), rng.vec(2));
+        let (q1, k1, v1) =
+            (rng.vec::<f32>(2).iter().map(|x| x * 30.0).collect(), rng.vec(2), rng.vec(2));
         let out = layer
             .step(
                 &[q0.clone(), q1].concat(),

@@ -2,31 +2,13 @@
 //! truncated, corrupted, wrong-version or wrong-type snapshot is an `Err`.
 
 use h2o_kv::{
-    Accumulator, AnyPolicy, Cache, Element, Error, Full, FullCache, H2O, H2OCache, Heavy,
-    HeavyOnly, KvCache, LayerCache, Recent, RecentOnly, SNAPSHOT_VERSION, SnapshotElement,
-    SnapshotPolicy, TieRule,
+    AnyPolicy, Cache, Element, Error, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly, KvCache,
+    LayerCache, Recent, RecentOnly, SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy, TieRule,
 };
 
-/// splitmix64.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-    fn vec<T: Element>(&mut self, n: usize) -> Vec<T> {
-        (0..n).map(|_| T::from_acc(<T::Acc as Accumulator>::narrow(2.0 * self.unit()))).collect()
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn bits<T: Element>(x: &[T]) -> Vec<u64> {
     x.iter().map(|v| v.to_f64().to_bits()).collect()
