@@ -17,15 +17,16 @@ pub enum Error {
         /// Elements it was given.
         got: usize,
     },
-    /// A slice of rows is not a whole number of `head_dim`-long rows.
-    #[error("{what} has {len} elements, not a multiple of head_dim {head_dim}")]
+    /// A slice of rows is not a whole number of rows: `head_dim` elements per
+    /// row for a single head, `n_kv_heads · head_dim` for a layer.
+    #[error("{what} has {len} elements, not a multiple of the row length {row_len}")]
     RaggedRows {
         /// Which argument.
         what: &'static str,
         /// Its length in elements.
         len: usize,
-        /// The row length it must be a multiple of.
-        head_dim: usize,
+        /// The row length in elements it must be a multiple of.
+        row_len: usize,
     },
     /// `head_dim` is zero.
     #[error("head_dim must be at least 1")]
@@ -89,7 +90,10 @@ pub enum Error {
     /// The cache cannot take the tokens: a [`FullCache`](crate::FullCache) at
     /// its capacity, or an evicting cache already one token over its budget
     /// (call [`evict`](crate::KvCache::evict) first).
-    #[error("cache holds {len} of at most {capacity} tokens and cannot take {requested} more")]
+    #[error(
+        "cache holds {len} of at most {capacity} tokens and cannot take {requested} more \
+         (a full cache is at capacity; an evicting cache holds budget + 1 and must evict first)"
+    )]
     CapacityExceeded {
         /// Tokens resident now.
         len: usize,

@@ -90,7 +90,8 @@ pub trait KvCache<T: Element>: Debug + Send {
 
     /// Attends with `query` (`[head_dim]`) over the resident tokens, adds each
     /// token's softmax weight to its accumulated score and returns the output
-    /// `[head_dim]` (valid until the next call). Does not evict.
+    /// `[head_dim]`, borrowed from the cache: copy it out (`to_vec`,
+    /// `copy_from_slice`) before the next call. Does not evict.
     ///
     /// The logits are `scale · q·k` (scale `1/√head_dim` unless set with
     /// [`Cache::with_scale`](crate::Cache::with_scale)); the softmax subtracts
@@ -132,6 +133,9 @@ pub trait KvCache<T: Element>: Debug + Send {
     /// gains its column sum, outputs are written to `out`, then the cache
     /// evicts once down to the budget (keeping the `recent` newest and the
     /// highest-scoring others).
+    ///
+    /// Prompt row `i` becomes the token at position `next_position() + i`
+    /// (read before the call): apply RoPE to its query and key there.
     ///
     /// Shapes: `queries`, `keys`, `values` and `out` are `[P × head_dim]`,
     /// row-major, one row per prompt token. `P = 0` is a no-op.

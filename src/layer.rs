@@ -59,19 +59,33 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     ///
     /// # Errors
     /// [`Error::InvalidHeadCounts`] unless `n_kv_heads ≥ 1` and `n_heads` is a
-    /// positive multiple of it; otherwise as [`Cache::with_policy`].
+    /// positive multiple of it; [`Error::AllocationFailed`] if the layer's
+    /// key/value memory (`n_kv_heads` × one head's) cannot be had; otherwise as
+    /// [`Cache::with_policy`].
     pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize, policy: P) -> Result<Self> {
         if n_kv_heads == 0 || n_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(Error::InvalidHeadCounts { n_heads, n_kv_heads });
         }
         let mut head = Cache::with_policy(head_dim, policy)?;
         head.reserve_group(n_heads / n_kv_heads)?;
+        // The other heads are clones of this one, and a clone cannot report an
+        // allocation failure: ask for the whole layer's key/value memory once,
+        // up front, so an impossible layer is an `Err` rather than an abort.
+        let total = head
+            .allocated_kv_bytes()
+            .checked_mul(n_kv_heads)
+            .ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
+        Vec::<u8>::new()
+            .try_reserve_exact(total)
+            .map_err(|_| Error::AllocationFailed { bytes: total })?;
+        let out_len =
+            n_heads.checked_mul(head_dim).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
         let mut heads = Vec::new();
         heads
             .try_reserve_exact(n_kv_heads)
             .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
         heads.resize(n_kv_heads, head);
-        Ok(Self { heads, n_heads, head_dim, out: try_vec(n_heads * head_dim, T::default())? })
+        Ok(Self { heads, n_heads, head_dim, out: try_vec(out_len, T::default())? })
     }
 
     /// The same layer with softmax scale `scale` on every head.
@@ -199,7 +213,8 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     }
 
     /// One decode step in transformer order for every head: insert, attend,
-    /// evict. Returns the output `[n_heads × head_dim]` (valid until the next call).
+    /// evict. Returns the output `[n_heads × head_dim]`, borrowed from the layer:
+    /// copy it out (`to_vec`, `copy_from_slice`) before the next call.
     ///
     /// # Errors
     /// [`Error::LengthMismatch`], [`Error::NonFinite`],
@@ -298,7 +313,7 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         let (d, n_kv, g) = (self.head_dim, self.heads.len(), self.group_size());
         let kv_row = n_kv * d;
         if keys.len() % kv_row != 0 {
-            return Err(Error::RaggedRows { what: "keys", len: keys.len(), head_dim: kv_row });
+            return Err(Error::RaggedRows { what: "keys", len: keys.len(), row_len: kv_row });
         }
         let p = keys.len() / kv_row;
         for (what, x, len) in [
@@ -336,6 +351,14 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
 mod tests {
     use super::*;
     use crate::{H2O, H2OCache};
+
+    #[test]
+    fn an_impossible_layer_is_an_error_not_an_abort() {
+        // 2^20 KV heads of 5 slots × 65,536 dims: about 2.7 TB of keys and values.
+        let p = H2O::new(2, 2).unwrap();
+        let err = LayerCache::<f32, _>::new(1 << 20, 1 << 20, 1 << 16, p).unwrap_err();
+        assert!(matches!(err, Error::AllocationFailed { .. }), "{err:?}");
+    }
 
     #[test]
     fn head_counts_are_validated() {

@@ -15,6 +15,8 @@
 //! - [`H2OCache`]: the newest `recent` tokens + the `heavy` highest scores
 //!   (Zhang et al., NeurIPS 2023, arXiv:2306.14048); evicts the lowest score
 //!   outside the recent window.
+//! - [`AnyPolicy`]: any of the four, chosen at run time
+//!   (`Cache::<f32, AnyPolicy>::with_policy(head_dim, H2O::new(64, 64)?.into())`).
 //! - [`LayerCache`]: a whole layer, multi-head or grouped-query (GQA).
 //! - [`KvCache`]: the object-safe trait all four implement.
 //!
@@ -69,6 +71,10 @@
 //! Accumulated scores are `f64` for every `T` (see [`Cache`]).
 //!
 //! # Crate features
+//! - `simd` (default): f32, f16 and bf16 kernels for AVX2 + FMA, picked at run
+//!   time through `pulp` (no `unsafe` in this crate); without it, or on a CPU
+//!   without AVX2 + FMA, the portable scalar kernels run.
+//!   [`kernels::simd_isa`] tells which.
 //! - `half`: [`Element`] impls for `half::f16` and `half::bf16`.
 
 #![doc(test(attr(deny(warnings))))]
@@ -89,6 +95,7 @@ pub use element::{Accumulator, Element};
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, Token, Tokens};
 pub use layer::LayerCache;
+#[doc(inline)]
 pub use policy::{
     AnyPolicy, Candidate, EvictionPolicy, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly,
     MAX_BUDGET, Recent, RecentOnly, TieRule,

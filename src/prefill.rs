@@ -48,7 +48,7 @@ pub(crate) fn plan<T: Element, P: EvictionPolicy>(
 ) -> Result<Plan<T>> {
     let d = cache.store().head_dim();
     if keys.len() % d != 0 {
-        return Err(Error::RaggedRows { what: "keys", len: keys.len(), head_dim: d });
+        return Err(Error::RaggedRows { what: "keys", len: keys.len(), row_len: d });
     }
     let p = keys.len() / d;
     let row = group * d;

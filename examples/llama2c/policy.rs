@@ -40,7 +40,16 @@ impl PolicyKind {
             Self::Full => Full::new(seq_len)?.into(),
             Self::Recent => Recent::new(budget)?.into(),
             Self::Heavy => Heavy::new(budget)?.into(),
-            Self::H2o => H2O::with_heavy_fraction(budget, heavy_fraction)?.into(),
+            Self::H2o => {
+                let policy = H2O::with_heavy_fraction(budget, heavy_fraction)?;
+                if policy.recent() == 0 {
+                    eprintln!(
+                        "warning: heavy fraction {heavy_fraction} leaves no recent window: each new \
+                         token competes with one self-weight and is usually evicted at once"
+                    );
+                }
+                policy.into()
+            }
         })
     }
 }

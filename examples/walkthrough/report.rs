@@ -165,11 +165,12 @@ pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
         cache.attend(&Q6)?;
         attention_tables(out, &cache, &seen, knobs.scale)?;
         record(&cache, &mut seen);
+        acc_table(out, &seen, &cache)?;
+        writeln!(out, "token 6 enters the cache; one token must go")?;
         cache.insert(&K6, &value_of(5))?;
         record(&cache, &mut seen);
         let before = cache.resident_positions();
         let evicted = cache.evict().to_vec();
-        acc_table(out, &seen, &cache)?;
         describe_selection(out, &cache, &before, &evicted, knobs)?;
         writeln!(out, "S6 = {}", set(&cache.resident_positions()))?;
     }

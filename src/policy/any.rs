@@ -9,6 +9,23 @@ use super::{Candidate, EvictionPolicy, Full, H2O, Heavy, Recent};
 /// `Cache<T, AnyPolicy>` and `LayerCache<T, AnyPolicy>` let a harness switch
 /// policies from a command line while keeping one concrete type. Each call
 /// forwards to the wrapped policy, so decisions are identical.
+///
+/// # Example
+/// ```
+/// use h2o_kv::{AnyPolicy, Cache, H2O, KvCache, LayerCache, Recent};
+///
+/// let name = "h2o"; // e.g. from the command line
+/// let policy: AnyPolicy = match name {
+///     "recent" => Recent::new(128)?.into(),
+///     _ => H2O::new(64, 64)?.into(), // 64 heavy hitters + 64 recent tokens
+/// };
+/// let head = Cache::<f32, AnyPolicy>::with_policy(64, policy)?; // head_dim 64
+/// assert_eq!((head.budget(), head.policy_name()), (128, "h2o"));
+/// // A GQA layer: 8 query heads on 2 KV heads of dimension 64.
+/// let layer = LayerCache::<f32, AnyPolicy>::new(8, 2, 64, policy)?;
+/// assert_eq!(layer.group_size(), 4);
+/// # Ok::<(), h2o_kv::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnyPolicy {
     /// [`Full`]: keep everything.

@@ -55,7 +55,10 @@ impl H2O {
     /// `recent = budget − heavy`.
     ///
     /// For example 25 tokens at 0.5 give 12 heavy + 13 recent; the recent
-    /// window gets the rounding remainder.
+    /// window gets the rounding remainder. A fraction of 1 leaves `recent = 0`:
+    /// the newest token then competes with one self-weight and is usually
+    /// evicted at once, which a language model does not survive (see
+    /// [`H2O::new`]); keep the fraction below 1 unless that is what you study.
     ///
     /// # Errors
     /// [`Error::InvalidHeavyFraction`] unless `0 ≤ heavy_fraction ≤ 1`;
