@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::kernels;
 use crate::kv_cache::{KvCache, Tokens};
 use crate::policy::{Candidate, EvictionPolicy};
-use crate::store::{SlotState, SlotStore};
+use crate::store::{SlotState, SlotStore, try_vec};
 
 /// The largest `head_dim` a cache accepts.
 pub const MAX_HEAD_DIM: usize = 1 << 16;
@@ -487,14 +487,6 @@ impl<T: Element, P: EvictionPolicy> KvCache<T> for Cache<T, P> {
         self.shown = None;
         self.last_evicted.clear();
     }
-}
-
-pub(crate) fn try_vec<X: Clone>(n: usize, x: X) -> Result<Vec<X>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::AllocationFailed { bytes: n.saturating_mul(size_of::<X>()) })?;
-    v.resize(n, x);
-    Ok(v)
 }
 
 #[cfg(test)]

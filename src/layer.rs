@@ -1,11 +1,12 @@
 //! `LayerCache`: one attention layer, multi-head or grouped-query (GQA).
 
-use crate::cache::{Cache, try_vec};
+use crate::cache::Cache;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::policy::EvictionPolicy;
 use crate::prefill;
+use crate::store::try_vec;
 
 /// A layer's KV cache: one [`Cache`] per KV head, all under the same policy.
 ///

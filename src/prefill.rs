@@ -14,12 +14,13 @@
 
 use smallvec::SmallVec;
 
-use crate::cache::{Cache, try_vec};
+use crate::cache::Cache;
 use crate::element::{Accumulator, Element, first_non_finite};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::policy::{Candidate, EvictionPolicy};
 use crate::store::SlotState;
+use crate::store::try_vec;
 use num_traits::{Float, Zero};
 
 /// The result of a prefill's attention, not yet applied to the cache.

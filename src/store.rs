@@ -66,14 +66,14 @@ impl<T: Element> SlotStore<T> {
             keys: zeroed(elems)?,
             values: zeroed(elems)?,
             positions: zeroed(slots)?,
-            states: filled(slots, SlotState::Free)?,
-            free: with_capacity(slots)?,
+            states: try_vec(slots, SlotState::Free)?,
+            free: try_with_capacity(slots)?,
             high_water: 0,
             recent: VecDeque::with_capacity(window.min(slots)),
             window,
             len: 0,
-            candidates: with_capacity(slots)?,
-            candidate_index: filled(slots, NOT_CANDIDATE)?,
+            candidates: try_with_capacity(slots)?,
+            candidate_index: try_vec(slots, NOT_CANDIDATE)?,
         })
     }
 
@@ -267,21 +267,23 @@ impl<T: Clone> Clone for SlotStore<T> {
     }
 }
 
-fn with_capacity<X>(n: usize) -> Result<Vec<X>> {
+/// An empty `Vec` with room for `n` elements, or `AllocationFailed`.
+fn try_with_capacity<X>(n: usize) -> Result<Vec<X>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|_| Error::AllocationFailed { bytes: n.saturating_mul(size_of::<X>()) })?;
     Ok(v)
 }
 
-fn filled<X: Clone>(n: usize, x: X) -> Result<Vec<X>> {
-    let mut v = with_capacity(n)?;
+/// `n` copies of `x`, or `AllocationFailed` instead of an abort.
+pub(crate) fn try_vec<X: Clone>(n: usize, x: X) -> Result<Vec<X>> {
+    let mut v = try_with_capacity(n)?;
     v.resize(n, x);
     Ok(v)
 }
 
 fn zeroed<X: Clone + Default>(n: usize) -> Result<Vec<X>> {
-    filled(n, X::default())
+    try_vec(n, X::default())
 }
 
 #[cfg(test)]
