@@ -61,9 +61,11 @@ pub struct Cache<T: Element, P: EvictionPolicy> {
     group_capacity: usize,
     /// Shape of the last computed attention: (queries, slots covered).
     last: Option<(usize, usize)>,
-    /// `[slots]` each: the first query's logits and weights of the last
-    /// committed attention. Kept apart from the scratch so that a call that
-    /// fails after computing cannot change what `last_attention` shows.
+    /// `[group_capacity × slots]` each: the logits and weights of the last
+    /// committed attention (`last_attention` reads the first query's row).
+    /// Kept apart from the scratch so that a call that fails after computing
+    /// cannot change what `last_attention` shows; a commit swaps the two
+    /// pairs of buffers, so keeping them costs no copy per step.
     shown_logits: Vec<T::Acc>,
     shown_weights: Vec<T::Acc>,
     /// Slots covered by `shown_*`; `None` once the resident set has changed.
@@ -115,8 +117,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             policy,
         };
         cache.scores = try_vec(slots, 0.0)?;
-        cache.shown_logits = try_vec(slots, T::Acc::zero())?;
-        cache.shown_weights = try_vec(slots, T::Acc::zero())?;
         cache.reserve_group(1)?;
         Ok(cache)
     }
@@ -205,6 +205,9 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         let n = group.checked_mul(slots).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
         self.logits = try_vec(n, T::Acc::zero())?;
         self.weights = try_vec(n, T::Acc::zero())?;
+        self.shown_logits = try_vec(n, T::Acc::zero())?;
+        self.shown_weights = try_vec(n, T::Acc::zero())?;
+        self.shown = None;
         self.out_acc = try_vec(group * self.head_dim, T::Acc::zero())?;
         self.out = try_vec(group * self.head_dim, T::default())?;
         self.group_capacity = group;
@@ -292,7 +295,9 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     /// Adds the computed weights to the scores (a group's weights are summed)
     /// and returns the outputs `[g × head_dim]`.
     pub(crate) fn commit_attention(&mut self) -> &[T] {
-        let Some((g, rows)) = self.last else { return &[] };
+        // `take`: the scratch is swapped out below, so a computed attention is
+        // committed at most once.
+        let Some((g, rows)) = self.last.take() else { return &[] };
         let stride = self.store.slots();
         for q in 0..g {
             for (score, w) in
@@ -301,8 +306,8 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
                 *score += w.widen();
             }
         }
-        self.shown_logits[..rows].copy_from_slice(&self.logits[..rows]);
-        self.shown_weights[..rows].copy_from_slice(&self.weights[..rows]);
+        core::mem::swap(&mut self.logits, &mut self.shown_logits);
+        core::mem::swap(&mut self.weights, &mut self.shown_weights);
         self.shown = Some(rows);
         let n = g * self.head_dim;
         for (o, a) in self.out[..n].iter_mut().zip(&self.out_acc[..n]) {
