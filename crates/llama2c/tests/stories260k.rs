@@ -1,50 +1,31 @@
-//! The llama2c example against llama2.c itself: greedy text byte for byte,
+//! The llama2c runner against llama2.c itself: greedy text byte for byte,
 //! a reduced teacher-forced eval whose checks follow from the method, and a
-//! tokenizer round trip on the story file. The example's modules are compiled
-//! in here, so their unit tests run too.
+//! tokenizer round trip on the story file.
 //!
-//! Needs `../shared/models/{stories260K.bin,tok512.bin}` and
-//! `../shared/data/tinystories_valid_sample.txt` beside the checkout. Without
-//! them the tests that need them print where to get them and pass, except
-//! under `CI=true`, where a missing file fails.
+//! Needs `stories260K.bin`, `tok512.bin` and `SOURCE.md` in a model folder and
+//! `tinystories_valid_sample.txt` in a data folder (see `llama2c::files`).
+//! Without them the tests that need them print where to get them and pass,
+//! except under `CI=true`, where a missing file fails.
 
-#[path = "../examples/llama2c/error.rs"]
-mod error;
-#[path = "../examples/llama2c/eval.rs"]
-mod eval;
-#[path = "../examples/llama2c/forward.rs"]
-mod forward;
-#[path = "../examples/llama2c/generate.rs"]
-mod generate;
-#[path = "../examples/llama2c/model.rs"]
-mod model;
-#[path = "../examples/llama2c/policy.rs"]
-mod policy;
-#[path = "../examples/llama2c/tokenizer.rs"]
-mod tokenizer;
+use llama2c::error::Error;
+use llama2c::eval::{self, Spec};
+use llama2c::files::{self, Kind};
+use llama2c::forward::StepOrder;
+use llama2c::generate::{self, Options, Sampler};
+use llama2c::model::Model;
+use llama2c::policy::PolicyKind;
+use llama2c::tokenizer::Tokenizer;
 
-use std::path::{Path, PathBuf};
-
-use crate::error::Error;
-use crate::eval::Spec;
-use crate::forward::StepOrder;
-use crate::generate::{Options, Sampler};
-use crate::model::Model;
-use crate::policy::PolicyKind;
-use crate::tokenizer::Tokenizer;
-
-/// `../shared/<rel>` beside the checkout, or `None` (with a message) when it
-/// is absent; under `CI=true` an absent file fails the test.
-fn shared(rel: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
-    if path.exists() {
+/// A model or data file from [`files::find`], or `None` (with a message) when
+/// it is absent; under `CI=true` an absent file fails the test.
+fn file(kind: Kind, name: &str) -> Option<std::path::PathBuf> {
+    if let Some(path) = files::find(kind, name) {
         return Some(path);
     }
     let msg = format!(
-        "{} is missing: get stories260K.bin and tok512.bin from huggingface.co/karpathy/tinyllamas \
-         (folder stories260K/) into ../shared/models/, and TinyStories validation stories into \
+        "{name} is missing: {}; the TinyStories validation sample goes in ./data/ or \
          ../shared/data/ (see the README's \"Real model\" section)",
-        path.display()
+        files::HINT
     );
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
     eprintln!("skipped: {msg}");
@@ -52,8 +33,9 @@ fn shared(rel: &str) -> Option<PathBuf> {
 }
 
 fn load() -> Option<(Model, Tokenizer)> {
-    let model = Model::load(&shared("models/stories260K.bin")?).unwrap();
-    let tok = Tokenizer::load_for(&shared("models/tok512.bin")?, model.config.vocab_size).unwrap();
+    let model = Model::load(&file(Kind::Model, "stories260K.bin")?).unwrap();
+    let tok =
+        Tokenizer::load_for(&file(Kind::Model, "tok512.bin")?, model.config.vocab_size).unwrap();
     Some((model, tok))
 }
 
@@ -72,7 +54,7 @@ fn expected_text(source: &str) -> String {
 #[test]
 fn greedy_text_matches_llama2c() {
     let Some((model, tok)) = load() else { return };
-    let source = std::fs::read_to_string(shared("models/SOURCE.md").unwrap()).unwrap();
+    let source = std::fs::read_to_string(file(Kind::Model, "SOURCE.md").unwrap()).unwrap();
     let expected = expected_text(&source);
     assert!(expected.starts_with("Once upon a time") && expected.lines().count() == 4);
     // Through the crate's FullCache, and through llama2.c-style plain arrays.
@@ -98,7 +80,7 @@ fn greedy_text_matches_llama2c() {
 fn reduced_eval_follows_from_the_method() {
     let Some((model, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let seq_len = model.config.seq_len;
     let windows = eval::windows(&tok, &text, seq_len, 2);
     assert_eq!(windows.len(), 2);
@@ -139,7 +121,7 @@ fn teacher_forced_perplexity_matches_llama2c() {
     // SOURCE.md: run.c's per-token perplexity on the first 106 tokens of the
     // greedy text is 1.543 (average NLL 0.434).
     let Some((model, tok)) = load() else { return };
-    let source = std::fs::read_to_string(shared("models/SOURCE.md").unwrap()).unwrap();
+    let source = std::fs::read_to_string(file(Kind::Model, "SOURCE.md").unwrap()).unwrap();
     let tokens = tok.encode(&expected_text(&source), true);
     let window = tokens[..106].to_vec();
     let rows = eval::evaluate(
@@ -160,7 +142,7 @@ fn teacher_forced_perplexity_matches_llama2c() {
 fn tokenizer_round_trips_the_story_file() {
     let Some((_, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let mut segments = 0;
     for segment in text.split(eval::STORY_SEPARATOR) {
         let tokens = tok.encode(segment, true);
@@ -175,7 +157,7 @@ fn tokenizer_round_trips_the_story_file() {
 #[test]
 fn mismatched_files_are_errors() {
     let Some((model, _)) = load() else { return };
-    let tok_path = shared("models/tok512.bin").unwrap();
+    let tok_path = file(Kind::Model, "tok512.bin").unwrap();
     let err = Tokenizer::load_for(&tok_path, model.config.vocab_size + 1).unwrap_err();
     assert!(matches!(err, Error::VocabMismatch { tokenizer: 512, model: 513 }), "{err}");
     // The tokenizer is not a checkpoint: its "header" implies another size.
@@ -190,7 +172,7 @@ fn document_order_differs_only_where_the_method_says() {
     // policy still gives the full cache's NLL in that order.
     let Some((model, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let seq_len = model.config.seq_len;
     let window = eval::windows(&tok, &text, seq_len, 1)[0][..128].to_vec();
     let specs = [Spec::full(seq_len), Spec::new(PolicyKind::H2o, 100, 0.5, seq_len)];
@@ -207,7 +189,7 @@ fn document_order_differs_only_where_the_method_says() {
 fn eval_results_do_not_depend_on_the_thread_count() {
     let Some((model, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let seq_len = model.config.seq_len;
     let windows: Vec<Vec<u32>> =
         eval::windows(&tok, &text, seq_len, 3).iter().map(|w| w[..96].to_vec()).collect();
