@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use h2o_kv::EvictionPolicy;
 use llama2c::error::{Error, Result};
 use llama2c::files::{self, Kind};
 use llama2c::forward::StepOrder;
@@ -68,7 +69,8 @@ enum Command {
         /// Prompt text (BOS is added).
         #[arg(long, default_value = "")]
         prompt: String,
-        /// Decode steps including the BOS position (0: seq_len).
+        /// Decode steps including the BOS position (0: seq_len). Past seq_len an
+        /// evicting policy goes on at absolute positions; the full cache stops at seq_len.
         #[arg(long, default_value_t = 256)]
         steps: usize,
         /// Sampling temperature; 0 is greedy.
@@ -174,6 +176,22 @@ fn run(cli: Cli) -> Result<()> {
                 plain,
             };
             let g = generate::generate(&model, &tokenizer, &mut sampler, &options)?;
+            if let generate::End::ContextFull { asked, seq_len } = g.end {
+                eprintln!(
+                    "note: stopped at {seq_len} steps, not {asked}: the model's context is \
+                     {seq_len} tokens and the full cache keeps every token; an evicting --policy \
+                     (recent, heavy, h2o) decodes further"
+                );
+            }
+            if g.steps > seq_len {
+                eprintln!(
+                    "note: positions {seq_len}..{} are past the {seq_len} tokens the model was \
+                     trained on; RoPE rotated them at those absolute positions, and each layer \
+                     kept at most {} tokens per KV head",
+                    g.steps - 1,
+                    options.policy.budget()
+                );
+            }
             let mut stdout = std::io::stdout().lock();
             let written = stdout.write_all(&g.text).and_then(|()| writeln!(stdout));
             written.map_err(|e| Error::io(Path::new("<stdout>"), e))?;

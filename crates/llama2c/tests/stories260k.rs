@@ -11,7 +11,7 @@ use llama2c::error::Error;
 use llama2c::eval::{self, Spec};
 use llama2c::files::{self, Kind};
 use llama2c::forward::StepOrder;
-use llama2c::generate::{self, Options, Sampler};
+use llama2c::generate::{self, End, Options, Sampler};
 use llama2c::model::Model;
 use llama2c::policy::PolicyKind;
 use llama2c::tokenizer::Tokenizer;
@@ -199,4 +199,58 @@ fn eval_results_do_not_depend_on_the_thread_count() {
             .unwrap()
     };
     assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn steps_past_the_context_go_on_with_eviction_and_stop_with_the_full_cache() {
+    // 600 steps on a 512-token model. The full cache (and the plain arrays)
+    // stop at 512 and say so; an evicting policy goes on at positions
+    // 512..600. Sampled stories may end early with BOS, so several seeds run
+    // and each outcome is checked; at least one run of each kind must reach
+    // the context.
+    let Some((model, tok)) = load() else { return };
+    let c = model.config;
+    let seq_len = c.seq_len;
+    let run = |kind: PolicyKind, plain: bool, seed: u64| {
+        let options = Options {
+            prompt: "Once upon a time".into(),
+            steps: 600,
+            policy: kind.build(64, 0.5, seq_len).unwrap(),
+            order: StepOrder::Transformer,
+            plain,
+        };
+        let mut sampler = Sampler::new(1.0, 0.9, seed).unwrap();
+        generate::generate(&model, &tok, &mut sampler, &options).unwrap()
+    };
+    let (mut stopped_at_context, mut went_past) = (0, 0);
+    for seed in 1..=12 {
+        for plain in [false, true] {
+            let g = run(PolicyKind::Full, plain, seed);
+            match g.end {
+                End::ContextFull { asked, seq_len: s } => {
+                    assert_eq!((asked, s, g.steps), (600, seq_len, seq_len), "seed {seed}");
+                    stopped_at_context += 1;
+                }
+                End::Bos => assert!(g.steps < seq_len, "seed {seed}"),
+                End::Steps => panic!("the full cache ran {} steps without saying why", g.steps),
+            }
+        }
+        for kind in [PolicyKind::Recent, PolicyKind::H2o] {
+            let g = run(kind, false, seed);
+            match g.end {
+                End::Steps => {
+                    assert_eq!(g.steps, 600, "{kind:?}, seed {seed}");
+                    went_past += 1;
+                }
+                End::Bos => assert!(g.steps < 600, "{kind:?}, seed {seed}"),
+                End::ContextFull { .. } => panic!("{kind:?} evicts and must not stop at seq_len"),
+            }
+            // The budget bounds the cache, however long the run.
+            assert!(g.kv_bytes <= 64 * c.n_layers * c.n_kv_heads * 2 * c.head_dim() * 4);
+        }
+    }
+    eprintln!(
+        "{stopped_at_context} full-cache runs stopped at seq_len, {went_past} evicting runs reached 600 steps"
+    );
+    assert!(stopped_at_context > 0 && went_past > 0);
 }
