@@ -94,7 +94,7 @@ pub mod snapshot;
 
 pub use cache::{AttentionEntry, Cache, FullCache, H2OCache, HeavyOnly, MAX_HEAD_DIM, RecentOnly};
 pub use element::{Accumulator, Element};
-pub use error::{Error, Result};
+pub use error::{Error, Result, SnapshotError};
 pub use kv_cache::KvCache;
 pub use layer::{EvictedByHead, LayerCache};
 pub use order::{StepOrder, UnknownName};
