@@ -3,7 +3,8 @@
 /// Everything that can go wrong when building or driving a cache.
 ///
 /// Every fallible call validates its input before it touches the cache, so an
-/// `Err` always leaves the cache exactly as it was before the call.
+/// `Err` always leaves the cache exactly as it was before the call
+/// (`docs/semantics.md §10`).
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
