@@ -87,7 +87,7 @@ fn decode(c: &mut Criterion<ThreadCpuTime>) {
     ];
     let decoders = configs.map(|(name, kind, budget)| {
         let policy = kind.build(budget, 0.5, seq_len).expect("valid policy");
-        (name, Decoder::new(&model, policy, StepOrder::Transformer).expect("decoder"))
+        (name, Decoder::new(&model, policy, StepOrder::InsertAttendEvict).expect("decoder"))
     });
     // The baseline: the same forward pass on llama2.c's plain K/V arrays.
     let plain = ("plain_arrays", Decoder::plain(&model));

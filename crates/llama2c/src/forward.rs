@@ -92,15 +92,10 @@ fn rope(x: &mut [f32], table: &[(f32, f32)]) {
     }
 }
 
-/// Which KV-cache call a decode step uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StepOrder {
-    /// Insert, attend, evict: the query sees its own key (llama2.c's order).
-    #[default]
-    Transformer,
-    /// Attend, insert, evict: the query sees only earlier tokens.
-    Document,
-}
+/// Which KV-cache step every layer runs: the crate's [`h2o_kv::StepOrder`].
+/// llama2.c (and every causal transformer) uses the default,
+/// [`StepOrder::InsertAttendEvict`]: the query sees its own key.
+pub use h2o_kv::StepOrder;
 
 /// llama2.c's own key/value store: every position of every layer, no
 /// eviction, attention written out in full. The baseline the caches are
@@ -306,10 +301,7 @@ impl<'m> Decoder<'m> {
             rope(&mut self.k, table);
             let (q, k, v) = (&self.q, &self.k, &self.v);
             let out = match &mut self.kv {
-                Kv::Caches(layers, StepOrder::Transformer) => layers[l].step(q, k, v)?,
-                Kv::Caches(layers, StepOrder::Document) => {
-                    layers[l].step_with(h2o_kv::StepOrder::AttendInsertEvict, q, k, v)?
-                }
+                Kv::Caches(layers, order) => layers[l].step_with(*order, q, k, v)?,
                 Kv::Plain(p) => p.step(m, l, q, k, v),
             };
             self.xb.copy_from_slice(out);
@@ -351,7 +343,9 @@ mod tests {
         // A cache that keeps every token (and the plain arrays) stop at seq_len.
         let m = model();
         let full = AnyPolicy::from(h2o_kv::Full::new(6).unwrap());
-        for mut d in [Decoder::new(&m, full, StepOrder::Transformer).unwrap(), Decoder::plain(&m)] {
+        for mut d in
+            [Decoder::new(&m, full, StepOrder::InsertAttendEvict).unwrap(), Decoder::plain(&m)]
+        {
             assert!(!d.evicts());
             let err = d.forward(16).unwrap_err();
             assert!(matches!(err, Error::TokenOutOfRange { token: 16, vocab_size: 16 }), "{err}");
@@ -371,7 +365,7 @@ mod tests {
     fn an_evicting_cache_decodes_past_seq_len_at_absolute_positions() {
         let m = model();
         let policy = AnyPolicy::from(h2o_kv::H2O::new(2, 2).unwrap());
-        let mut d = Decoder::new(&m, policy, StepOrder::Transformer).unwrap();
+        let mut d = Decoder::new(&m, policy, StepOrder::InsertAttendEvict).unwrap();
         assert!(d.evicts());
         let err = d.forward(16).unwrap_err();
         assert!(matches!(err, Error::TokenOutOfRange { token: 16, vocab_size: 16 }), "{err}");
@@ -445,8 +439,9 @@ mod tests {
         let mut plain = Decoder::plain(&m);
         let full = AnyPolicy::from(h2o_kv::Full::new(6).unwrap());
         let roomy = AnyPolicy::from(h2o_kv::H2O::new(3, 3).unwrap());
-        let mut cached: Vec<Decoder<'_>> =
-            [full, roomy].map(|p| Decoder::new(&m, p, StepOrder::Transformer).unwrap()).into();
+        let mut cached: Vec<Decoder<'_>> = [full, roomy]
+            .map(|p| Decoder::new(&m, p, StepOrder::InsertAttendEvict).unwrap())
+            .into();
         for t in [1, 5, 9, 2, 15, 7] {
             let want = plain.forward(t).unwrap().to_vec();
             assert!(want.iter().any(|x| x.abs() > 1e-3), "a model that computes something");

@@ -51,13 +51,16 @@ enum Order {
     Transformer,
     /// Attend, insert, evict (paper Algorithm 1).
     Document,
+    /// Evict, insert, attend over exactly the budget (sliding-window-trained models).
+    Window,
 }
 
 impl From<Order> for StepOrder {
     fn from(o: Order) -> Self {
         match o {
-            Order::Transformer => StepOrder::Transformer,
-            Order::Document => StepOrder::Document,
+            Order::Transformer => StepOrder::InsertAttendEvict,
+            Order::Document => StepOrder::AttendInsertEvict,
+            Order::Window => StepOrder::EvictInsertAttend,
         }
     }
 }

@@ -63,7 +63,7 @@ fn greedy_text_matches_llama2c() {
             prompt: String::new(),
             steps: 200,
             policy: PolicyKind::Full.build(512, 0.0, model.config.seq_len).unwrap(),
-            order: StepOrder::Transformer,
+            order: StepOrder::InsertAttendEvict,
             plain,
         };
         let mut greedy = Sampler::new(0.0, 0.9, 1).unwrap();
@@ -93,7 +93,8 @@ fn reduced_eval_follows_from_the_method() {
         }
     }
     let rows =
-        eval::evaluate(&model, &windows, &specs, StepOrder::Transformer, 2, &|_, _| {}).unwrap();
+        eval::evaluate(&model, &windows, &specs, StepOrder::InsertAttendEvict, 2, &|_, _| {})
+            .unwrap();
     let full = rows[0];
     let c = &model.config;
     let bytes_per_token = c.n_layers * c.n_kv_heads * 2 * c.head_dim() * size_of::<f32>();
@@ -128,7 +129,7 @@ fn teacher_forced_perplexity_matches_llama2c() {
         &model,
         &[window],
         &[Spec::full(model.config.seq_len)],
-        StepOrder::Transformer,
+        StepOrder::InsertAttendEvict,
         1,
         &|_, _| {},
     )
@@ -179,7 +180,7 @@ fn document_order_differs_only_where_the_method_says() {
     let run = |order| {
         eval::evaluate(&model, std::slice::from_ref(&window), &specs, order, 1, &|_, _| {}).unwrap()
     };
-    let (doc, tf) = (run(StepOrder::Document), run(StepOrder::Transformer));
+    let (doc, tf) = (run(StepOrder::AttendInsertEvict), run(StepOrder::InsertAttendEvict));
     assert_eq!(doc[1].nll_sum, doc[0].nll_sum);
     assert!(doc[0].perplexity.is_finite() && doc[0].perplexity >= 1.0);
     assert_ne!(doc[0].nll_sum, tf[0].nll_sum);
@@ -195,7 +196,7 @@ fn eval_results_do_not_depend_on_the_thread_count() {
         eval::windows(&tok, &text, seq_len, 3).iter().map(|w| w[..96].to_vec()).collect();
     let specs = [Spec::full(seq_len), Spec::new(PolicyKind::H2o, 5, 0.5, seq_len)];
     let run = |threads| {
-        eval::evaluate(&model, &windows, &specs, StepOrder::Transformer, threads, &|_, _| {})
+        eval::evaluate(&model, &windows, &specs, StepOrder::InsertAttendEvict, threads, &|_, _| {})
             .unwrap()
     };
     assert_eq!(run(1), run(2));
@@ -216,7 +217,7 @@ fn steps_past_the_context_go_on_with_eviction_and_stop_with_the_full_cache() {
             prompt: "Once upon a time".into(),
             steps: 600,
             policy: kind.build(64, 0.5, seq_len).unwrap(),
-            order: StepOrder::Transformer,
+            order: StepOrder::InsertAttendEvict,
             plain,
         };
         let mut sampler = Sampler::new(1.0, 0.9, seed).unwrap();
