@@ -80,6 +80,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod cache;
+pub mod compress;
 mod element;
 mod error;
 pub mod kernels;
@@ -91,6 +92,7 @@ pub mod snapshot;
 mod store;
 
 pub use cache::{AttentionEntry, Cache, MAX_HEAD_DIM};
+pub use compress::{AdaKv, LayerSchedule, SnapKv};
 pub use element::{Accumulator, Element};
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, Token, Tokens};
