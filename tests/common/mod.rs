@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod brute;
+pub mod brute_family;
 pub mod harness;
 
 use std::cell::Cell;
