@@ -441,7 +441,7 @@ impl FamilyModel {
                 let (kb, tb) = self.rule.key(b).expect("scored");
                 let gap = ka - kb;
                 let band = SLACK * (ta + tb);
-                if !(gap <= band) || self.exactly_tied(a, b, dec.rows) {
+                if gap.is_nan() || gap > band || self.exactly_tied(a, b, dec.rows) {
                     return Err(format!(
                         "kept {} (key {kb}) over {} (key {ka}): gap {gap:e} is not a near-tie \
                          (band {band:e}); kept {observed:?}, the model keeps {mine:?}",
