@@ -550,3 +550,67 @@ pub fn adakv_budgets(
     }
     budgets
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(rule: Family) -> FamilyModel {
+        FamilyModel::new(rule, 1, 1, 1.0, Fp::EXACT)
+    }
+
+    /// The model itself against numbers worked out by hand.
+    #[test]
+    fn family_model_sanity() {
+        // Sinks + window: 2 sinks and a window of 3.
+        let mut m = model(Family::SinkWindow { n_sink: 2, budget: 5 });
+        for t in 0..9 {
+            m.step(&[1.0], &[f64::from(t)], &[0.0]).unwrap();
+        }
+        assert_eq!((m.positions(), m.last_evicted.clone()), (vec![0, 1, 6, 7, 8], vec![5]));
+
+        // TOVA, budget 2: weights 1 : 1 : e² (tie, the newer goes), then
+        // q = −1 gives token 2 weight e⁻² and it goes.
+        let mut m = model(Family::Tova { budget: 2, tie: Tie::KeepOlder });
+        for (q, k) in [(1.0, 0.0), (1.0, 0.0), (1.0, 2.0), (-1.0, 0.0)] {
+            m.step(&[q], &[k], &[0.0]).unwrap();
+        }
+        assert_eq!((m.positions(), m.last_evicted.clone()), (vec![0, 3], vec![2]));
+
+        // Mean score vs H2O: token 0 has acc 1.6 over 3 attentions, token 1
+        // acc 1.1 over 2; the mean keeps token 1.
+        let mut m = model(Family::Mean { heavy: 1, recent: 1, tie: Tie::KeepOlder });
+        m.insert(&[0.0], &[0.0]).unwrap();
+        m.attend(&[0.0]);
+        m.insert(&[6f64.ln()], &[0.0]).unwrap();
+        m.attend(&[0.0]);
+        m.insert(&[3f64.ln()], &[0.0]).unwrap();
+        m.attend(&[1.0]);
+        assert!((m.tokens[0].score - 1.6).abs() < 1e-12 && m.tokens[0].attended == 3);
+        assert!((m.tokens[1].score - 1.1).abs() < 1e-12 && m.tokens[1].attended == 2);
+        m.evict().unwrap();
+        assert_eq!(m.positions(), [1, 2]);
+
+        // Evict-insert-attend: a window of 3 sees exactly 3 tokens.
+        let mut m = model(Family::SinkWindow { n_sink: 0, budget: 3 });
+        for t in 0..5 {
+            let (out, _) = m.step_evict_first(&[0.0], &[f64::from(t)], &[f64::from(t)]).unwrap();
+            if t >= 2 {
+                // Uniform weights over the newest 3 values.
+                assert!((out.values[0] - f64::from(t - 1)).abs() < 1e-12);
+            }
+        }
+        assert_eq!(m.positions(), [2, 3, 4]);
+    }
+
+    #[test]
+    fn compression_models_by_hand() {
+        let s = [0.1, 0.0, 0.9, 0.0, 0.0, 0.2, 0.0, 0.05, 7.0, 7.0];
+        let keep = snapkv_keep(&s, 2, 3, 5, true);
+        let kept: Vec<usize> = (0..10).filter(|&j| keep[j]).collect();
+        assert_eq!(kept, [1, 2, 3, 8, 9]);
+        let scores = [0.90, 0.05, 0.03, 0.02, 0.30, 0.25, 0.25, 0.20];
+        assert_eq!(adakv_budgets(&scores, 2, 4, 0.0, true), [1, 3]);
+        assert_eq!(adakv_budgets(&scores, 2, 4, 1.0, true), [2, 2]);
+    }
+}
