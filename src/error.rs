@@ -173,6 +173,15 @@ pub enum Error {
         /// The range it must lie in, in words.
         expected: &'static str,
     },
+    /// A [`ModelCache`](crate::ModelCache) call on a layer whose turn it is
+    /// not: every token goes through layer 0, then 1, and so on.
+    #[error("layer {layer} cannot take tokens now: {reason}")]
+    OutOfTurn {
+        /// The layer called.
+        layer: usize,
+        /// Why not.
+        reason: &'static str,
+    },
     /// A budget too small to give every layer (or head) of a schedule at
     /// least its reserved tokens plus one.
     #[error("a total budget of {total} tokens cannot give {parts} parts {needed} tokens each")]

@@ -86,6 +86,7 @@ mod error;
 pub mod kernels;
 mod kv_cache;
 mod layer;
+mod model;
 pub mod policy;
 mod prefill;
 pub mod snapshot;
@@ -97,6 +98,7 @@ pub use element::{Accumulator, Element};
 pub use error::{Error, Result};
 pub use kv_cache::{KvCache, Token, Tokens};
 pub use layer::LayerCache;
+pub use model::ModelCache;
 #[doc(inline)]
 pub use policy::{
     AnyPolicy, Candidate, EvictionPolicy, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly,

@@ -55,6 +55,7 @@ mod codec;
 mod element;
 mod head;
 mod layer;
+mod model;
 mod policy;
 
 pub use element::SnapshotElement;
