@@ -4,11 +4,12 @@
 //! H2O's accumulated score favours old tokens: a token attended by 500
 //! queries has had 500 chances to gather weight, a token 10 steps old has
 //! had 10. Dividing by the number of attentions that covered the token
-//! compares them on equal terms. This is the normalisation OpenVINO's KV
-//! cache eviction calls `NORM_SUM` (the accumulated score divided by the
-//! token's lifetime in steps) and that Keyformer (Adnan et al., MLSys 2024,
-//! arXiv:2403.09054, §3) argues for when it normalises scores across
-//! tokens of different age.
+//! compares them on equal terms. This is OpenVINO GenAI's `NORM_SUM`
+//! aggregation mode for cache eviction ("same as SUM, but the importance
+//! scores are additionally divided by the lifetime of a given token in
+//! cache"). Keyformer (Adnan et al., MLSys 2024, arXiv:2403.09054) likewise
+//! replaces the raw accumulated attention with an adjusted score; this policy
+//! implements only the division by lifetime.
 //!
 //! ```text
 //! mean[t] = acc[t] / (attentions that covered t)
