@@ -153,13 +153,13 @@ trait FamilySubject<T: h2o_kv::Element>: Subject<T> {
 
 impl<T: h2o_kv::Element, C: KvCache<T>> FamilySubject<T> for Single<C> {
     fn step_evict_first(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
-        self.0.step_in(h2o_kv::StepOrder::EvictInsertAttend, q, k, v).map(<[T]>::to_vec)
+        self.0.step_with(h2o_kv::StepOrder::EvictInsertAttend, q, k, v).map(<[T]>::to_vec)
     }
 }
 
 impl<T: h2o_kv::Element, P: EvictionPolicy> FamilySubject<T> for Layer<T, P> {
     fn step_evict_first(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
-        self.0.step_in(h2o_kv::StepOrder::EvictInsertAttend, q, k, v).map(<[T]>::to_vec)
+        self.0.step_with(h2o_kv::StepOrder::EvictInsertAttend, q, k, v).map(<[T]>::to_vec)
     }
 }
 
