@@ -94,7 +94,10 @@ mod planner;
 pub mod policy;
 pub mod snapshot;
 
-pub use cache::{AttentionEntry, Cache, FullCache, H2OCache, HeavyOnly, MAX_HEAD_DIM, RecentOnly};
+pub use cache::{
+    AttentionEntry, Cache, FullCache, H2OCache, H2OSinksCache, HeavyOnly, MAX_HEAD_DIM,
+    MeanScoreCache, RecentOnly, SinkWindowCache, TovaCache,
+};
 pub use compress::{AdaKv, LayerSchedule, SnapKv};
 pub use element::{Accumulator, Element};
 pub use error::{Error, Result};
@@ -105,7 +108,8 @@ pub use order::{StepOrder, UnknownName};
 pub use planner::{Evicted, Planner, PrefillStats, Staged, Token, Tokens};
 #[doc(inline)]
 pub use policy::{
-    AnyPolicy, Candidate, EvictionPolicy, Full, H2O, Heavy, MAX_BUDGET, PolicyKind, Recent, TieRule,
+    AnyPolicy, Candidate, EvictionPolicy, Full, H2O, H2OSinks, Heavy, MAX_BUDGET, MeanScore,
+    PolicyKind, Recent, SinkWindow, TieRule, Tova,
 };
 pub use snapshot::{SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy};
 

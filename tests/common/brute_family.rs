@@ -338,11 +338,21 @@ impl FamilyModel {
     /// Evict to `budget − 1` (the newest `recent − 1` protected: the new
     /// token will be the window's newest), insert, attend over everything.
     pub fn step_evict_first(&mut self, q: &[f64], k: &[f64], v: &[f64]) -> Step {
+        let dec = self.evict_for_insert();
+        Ok((self.insert_attend(q, k, v), dec))
+    }
+
+    /// The eviction phase of [`step_evict_first`](Self::step_evict_first).
+    pub fn evict_for_insert(&mut self) -> Option<FDecision> {
         self.last_evicted.clear();
-        let dec = self.evict_to(self.rule.budget() - 1, self.rule.recent().saturating_sub(1));
+        self.evict_to(self.rule.budget() - 1, self.rule.recent().saturating_sub(1))
+    }
+
+    /// The insert and attention phase of
+    /// [`step_evict_first`](Self::step_evict_first).
+    pub fn insert_attend(&mut self, q: &[f64], k: &[f64], v: &[f64]) -> Output {
         self.push(k, v, self.rows);
-        let out = self.attend_row(q, self.tokens.len());
-        Ok((out, dec))
+        self.attend_row(q, self.tokens.len())
     }
 
     /// Prefill of `P` tokens, causal, one eviction at the end.

@@ -34,7 +34,7 @@ fn tie_rule(t: Tie) -> TieRule {
 }
 
 /// The crate's policy for a model rule, as a value of type `P` via `build`.
-fn any(rule: Family) -> AnyPolicy {
+fn any_policy(rule: Family) -> AnyPolicy {
     match rule {
         Family::SinkWindow { n_sink, budget } => {
             SinkWindow::new(n_sink, budget - n_sink).unwrap().into()
@@ -42,7 +42,9 @@ fn any(rule: Family) -> AnyPolicy {
         Family::H2OSinks { heavy, recent, n_sink, tie } => {
             H2OSinks::new(heavy, recent, n_sink).unwrap().with_tie_rule(tie_rule(tie)).into()
         }
-        Family::Tova { budget, tie } => Tova::new(budget).unwrap().with_tie_rule(tie_rule(tie)).into(),
+        Family::Tova { budget, tie } => {
+            Tova::new(budget).unwrap().with_tie_rule(tie_rule(tie)).into()
+        }
         Family::Mean { heavy, recent, tie } => {
             MeanScore::new(heavy, recent).unwrap().with_tie_rule(tie_rule(tie)).into()
         }
@@ -55,10 +57,16 @@ fn tie() -> impl Strategy<Value = Tie> {
 
 fn family() -> impl Strategy<Value = Family> {
     prop_oneof![
-        (0usize..=4, 1usize..=5).prop_map(|(n_sink, w)| Family::SinkWindow { n_sink, budget: n_sink + w }),
+        (0usize..=4, 1usize..=5)
+            .prop_map(|(n_sink, w)| Family::SinkWindow { n_sink, budget: n_sink + w }),
         (0usize..=4, 0usize..=4, 0usize..=4, tie())
             .prop_filter("budget ≥ 1", |(h, r, _, _)| h + r > 0)
-            .prop_map(|(h, r, s, tie)| Family::H2OSinks { heavy: h.max(s), recent: r, n_sink: s.min(h.max(s)), tie })
+            .prop_map(|(h, r, s, tie)| Family::H2OSinks {
+                heavy: h.max(s),
+                recent: r,
+                n_sink: s.min(h.max(s)),
+                tie
+            })
             .prop_filter("budget ≥ 1", |f| f.budget() > 0),
         (1usize..=8, tie()).prop_map(|(budget, tie)| Family::Tova { budget, tie }),
         (0usize..=5, 0usize..=5, tie())
@@ -116,7 +124,11 @@ fn scenario(max_steps: usize, gqa: bool) -> impl Strategy<Value = Scenario> {
     );
     let heads = if gqa { (1usize..=3, 1usize..=3).boxed() } else { Just((1, 1)).boxed() };
     (shape, run, heads).prop_map(
-        |((rule, via_any, d, scale), (opening, prefill, steps, order, amp, dup, seed), (n_kv, g))| {
+        |(
+            (rule, via_any, d, scale),
+            (opening, prefill, steps, order, amp, dup, seed),
+            (n_kv, g),
+        )| {
             Scenario {
                 rule,
                 via_any,
@@ -188,7 +200,9 @@ impl<S> FHarness<S> {
                 if x.is_empty() {
                     return vec![];
                 }
-                (0..rows).flat_map(|i| x[i * width * n_kv + h * width..][..width].to_vec()).collect()
+                (0..rows)
+                    .flat_map(|i| x[i * width * n_kv + h * width..][..width].to_vec())
+                    .collect()
             };
             results.push(f(m, &pick(&tok.q, g * d), &pick(&tok.k, d), &pick(&tok.v, d))?);
         }
@@ -229,13 +243,15 @@ impl<S> FHarness<S> {
             }
             FOp::Step(t, order) => match order {
                 Order::AttendInsertEvict => {
-                    let want = self.on_models(Some(&w(t)), 1, |m, q, k, v| m.step_document_order(q, k, v));
-                    ("step attend-insert-evict", self.subject.step_document_order(&t.q, &t.k, &t.v), want)
+                    let want =
+                        self.on_models(Some(&w(t)), 1, |m, q, k, v| m.step_document_order(q, k, v));
+                    (
+                        "step attend-insert-evict",
+                        self.subject.step_document_order(&t.q, &t.k, &t.v),
+                        want,
+                    )
                 }
-                Order::EvictInsertAttend => {
-                    let want = self.on_models(Some(&w(t)), 1, |m, q, k, v| m.step_evict_first(q, k, v));
-                    ("step evict-insert-attend", self.subject.step_evict_first(&t.q, &t.k, &t.v), want)
-                }
+                Order::EvictInsertAttend => return self.evict_first(t, stats),
                 _ => {
                     let want = self.on_models(Some(&w(t)), 1, |m, q, k, v| m.step(q, k, v));
                     ("step", self.subject.step(&t.q, &t.k, &t.v), want)
@@ -287,12 +303,67 @@ impl<S> FHarness<S> {
     }
 }
 
-fn compare_head(label: &str, state: &HeadState, model: &FamilyModel, _stats: &Stats) -> Result<(), String> {
-    let mut kept: Vec<(u64, f64)> = state.tokens.iter().map(|&(p, s)| (p, f64::from_bits(s))).collect();
+impl<S> FHarness<S> {
+    /// An evict-insert-attend step: the models evict first and adopt the
+    /// cache's kept set (without the new token), then insert and attend, so
+    /// a near-tie re-sync also changes what the step attends over.
+    fn evict_first<T: Real>(&mut self, t: &Token<T>, stats: &Stats) -> Result<(), String>
+    where
+        S: FamilySubject<T>,
+    {
+        let label = "step evict-insert-attend";
+        let got = self.subject.step_evict_first(&t.q, &t.k, &t.v);
+        let got = got.map_err(|e| format!("{label}: unexpected {e:?}"))?;
+        for h in 0..self.models.len() {
+            let state = self.subject.head(h);
+            let model = &mut self.models[h];
+            let new = model.next_position();
+            let mut observed: Vec<u64> =
+                state.tokens.iter().map(|t| t.0).filter(|&p| p != new).collect();
+            observed.sort_unstable();
+            if let Some(dec) = model.evict_for_insert() {
+                if dec.scored {
+                    stats.decisions.set(stats.decisions.get() + 1);
+                }
+                if model.adopt(&dec, &observed).map_err(|e| format!("{label} head {h}: {e}"))? {
+                    stats.resyncs.set(stats.resyncs.get() + 1);
+                }
+            } else if observed != model.positions() {
+                return Err(format!("{label} head {h}: evicted, the model does not"));
+            }
+        }
+        let wide_t = Token { q: wide(&t.q), k: wide(&t.k), v: wide(&t.v) };
+        let (want, _) = self
+            .on_models(Some(&wide_t), 1, |m, q, k, v| Ok((m.insert_attend(q, k, v), None)))
+            .map_err(|e| format!("{label}: {e:?}"))?;
+        compare_output(label, &got, &want, stats)?;
+        for h in 0..self.models.len() {
+            compare_head(
+                &format!("{label} head {h}"),
+                &self.subject.head(h),
+                &self.models[h],
+                stats,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn compare_head(
+    label: &str,
+    state: &HeadState,
+    model: &FamilyModel,
+    _stats: &Stats,
+) -> Result<(), String> {
+    let mut kept: Vec<(u64, f64)> =
+        state.tokens.iter().map(|&(p, s)| (p, f64::from_bits(s))).collect();
     kept.sort_by_key(|t| t.0);
     let positions: Vec<u64> = kept.iter().map(|t| t.0).collect();
     if positions != model.positions() {
-        return Err(format!("{label}: kept {positions:?}, the model keeps {:?}", model.positions()));
+        return Err(format!(
+            "{label}: kept {positions:?}, the model keeps {:?}",
+            model.positions()
+        ));
     }
     if state.last_evicted != model.last_evicted {
         return Err(format!(
@@ -301,7 +372,11 @@ fn compare_head(label: &str, state: &HeadState, model: &FamilyModel, _stats: &St
         ));
     }
     if state.next_position != model.next_position() {
-        return Err(format!("{label}: next position {} vs {}", state.next_position, model.next_position()));
+        return Err(format!(
+            "{label}: next position {} vs {}",
+            state.next_position,
+            model.next_position()
+        ));
     }
     for ((p, s), t) in kept.iter().zip(&model.tokens) {
         if (s - t.score).abs() > SLACK * t.tol {
@@ -311,7 +386,11 @@ fn compare_head(label: &str, state: &HeadState, model: &FamilyModel, _stats: &St
     Ok(())
 }
 
-fn drive<T: Real, S: FamilySubject<T>>(h: &mut FHarness<S>, s: &Scenario, stats: &Stats) -> Result<(), String> {
+fn drive<T: Real, S: FamilySubject<T>>(
+    h: &mut FHarness<S>,
+    s: &Scenario,
+    stats: &Stats,
+) -> Result<(), String> {
     let mut inputs = Gen::new(s.seed, s.d, s.n_kv * s.g, s.n_kv, s.amp, s.dup);
     let mut coin = Rng::new(s.seed ^ 0xfa11);
     for _ in 0..s.opening {
@@ -326,11 +405,14 @@ fn drive<T: Real, S: FamilySubject<T>>(h: &mut FHarness<S>, s: &Scenario, stats:
     }
     for i in 0..s.steps {
         let order = match s.order {
-            Order::Mixed => [Order::InsertAttendEvict, Order::AttendInsertEvict, Order::EvictInsertAttend]
-                [coin.below(3)],
+            Order::Mixed => {
+                [Order::InsertAttendEvict, Order::AttendInsertEvict, Order::EvictInsertAttend]
+                    [coin.below(3)]
+            }
             o => o,
         };
-        h.apply(&FOp::Step(inputs.token::<T>(), order), stats).map_err(|e| format!("decode step {i}: {e}"))?;
+        h.apply(&FOp::Step(inputs.token::<T>(), order), stats)
+            .map_err(|e| format!("decode step {i}: {e}"))?;
     }
     Ok(())
 }
@@ -352,7 +434,14 @@ fn single<T: Real>(s: &Scenario, stats: &Stats) -> Result<(), String> {
         let mut h = FHarness { subject: Single(c), models: models(s, T::FP), d: s.d, g: 1 };
         drive::<T, _>(&mut h, s, stats)
     }
-    dispatch(s, |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats))
+    dispatch(
+        s,
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+    )
 }
 
 fn layer<T: Real>(s: &Scenario, stats: &Stats) -> Result<(), String> {
@@ -364,7 +453,14 @@ fn layer<T: Real>(s: &Scenario, stats: &Stats) -> Result<(), String> {
         let mut h = FHarness { subject: Layer(c), models: models(s, T::FP), d: s.d, g: s.g };
         drive::<T, _>(&mut h, s, stats)
     }
-    dispatch(s, |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats), |p| go::<T, _>(p, s, stats))
+    dispatch(
+        s,
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+        |p| go::<T, _>(p, s, stats),
+    )
 }
 
 /// Calls the closure for the scenario's policy type (or `AnyPolicy`).
@@ -376,7 +472,7 @@ fn dispatch<R>(
     tova_f: impl FnOnce(Tova) -> R,
     mean_f: impl FnOnce(MeanScore) -> R,
 ) -> R {
-    let p = any(s.rule);
+    let p = any_policy(s.rule);
     if s.via_any {
         return any_f(p);
     }
@@ -392,28 +488,36 @@ fn dispatch<R>(
 #[test]
 fn family_matches_the_model_f32() {
     let stats = Stats::default();
-    common::run("prop_family", common::cases(1500), scenario(40, false), |s| single::<f32>(&s, &stats));
+    common::run("prop_family", common::cases(1500), scenario(40, false), |s| {
+        single::<f32>(&s, &stats)
+    });
     stats.assert_rare_resyncs("family single head f32", 800);
 }
 
 #[test]
 fn family_matches_the_model_f64() {
     let stats = Stats::default();
-    common::run("prop_family", common::cases(1500), scenario(40, false), |s| single::<f64>(&s, &stats));
+    common::run("prop_family", common::cases(1500), scenario(40, false), |s| {
+        single::<f64>(&s, &stats)
+    });
     stats.assert_rare_resyncs("family single head f64", 800);
 }
 
 #[test]
 fn family_gqa_layers_match_per_head_models_f32() {
     let stats = Stats::default();
-    common::run("prop_family", common::cases(600), scenario(30, true), |s| layer::<f32>(&s, &stats));
+    common::run("prop_family", common::cases(600), scenario(30, true), |s| {
+        layer::<f32>(&s, &stats)
+    });
     stats.assert_rare_resyncs("family GQA f32", 400);
 }
 
 #[test]
 fn family_gqa_layers_match_per_head_models_f64() {
     let stats = Stats::default();
-    common::run("prop_family", common::cases(600), scenario(30, true), |s| layer::<f64>(&s, &stats));
+    common::run("prop_family", common::cases(600), scenario(30, true), |s| {
+        layer::<f64>(&s, &stats)
+    });
     stats.assert_rare_resyncs("family GQA f64", 400);
 }
 
