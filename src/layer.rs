@@ -19,7 +19,7 @@ use crate::policy::EvictionPolicy;
 ///   whole group of `g` query heads.
 /// - A KV head's accumulated score for a token is the **sum** of its `g` query
 ///   heads' softmax weights (the mean gives the same decisions, since each KV
-///   head evicts on its own).
+///   head evicts on its own; `docs/semantics.md §6`).
 /// - Each KV head evicts independently, so different heads may keep different
 ///   positions (as in the authors' code, per head).
 ///
@@ -58,12 +58,17 @@ pub struct LayerCache<T: Element, P: EvictionPolicy> {
     pending: Pending,
 }
 
-/// One head's work between the phases of a layer call.
+/// One head's work between the check phase and the commit phase of a layer
+/// call: what the commit needs, by step order.
 #[derive(Debug)]
-struct HeadWork {
-    staged: Option<Staged>,
-    evict_first: Option<EvictFirst>,
-    computed: Computed,
+enum HeadWork {
+    /// Insert-attend-evict: the staged slot, then the attention.
+    Insert(Staged, Computed),
+    /// Attend-insert-evict (and plain `attend`, with no slot): the attention,
+    /// then the staged slot.
+    Attend(Option<Staged>, Computed),
+    /// Evict-insert-attend: the planned evictions and slot, then the attention.
+    Evict(EvictFirst, Computed),
 }
 
 /// Room for one [`HeadWork`] per KV head, allocated once: a clone keeps the
@@ -263,18 +268,18 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
                 StepOrder::InsertAttendEvict => {
                     let staged = head.stage(k, v)?;
                     let computed = head.compute(q, Cover::with(&staged))?;
-                    HeadWork { staged: Some(staged), evict_first: None, computed }
+                    HeadWork::Insert(staged, computed)
                 }
                 StepOrder::AttendInsertEvict => {
                     let staged = head.stage(k, v)?;
                     let computed = head.compute(q, Cover::RESIDENT)?;
-                    HeadWork { staged: Some(staged), evict_first: None, computed }
+                    HeadWork::Attend(Some(staged), computed)
                 }
                 StepOrder::EvictInsertAttend => {
                     let plan = head.stage_evict_first(k, v)?;
                     let cover = Cover { staged: Some(plan.staged.slot()), gone: &plan.victims };
                     let computed = head.compute(q, cover)?;
-                    HeadWork { staged: None, evict_first: Some(plan), computed }
+                    HeadWork::Evict(plan, computed)
                 }
             };
             self.pending.0.push(work);
@@ -282,30 +287,30 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         // Nothing can fail from here on.
         let g = self.group_size() * self.head_dim;
         for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
-            let HeadWork { staged, evict_first, computed } = work;
-            let out = match order {
-                StepOrder::InsertAttendEvict => {
-                    head.commit_insert(staged.expect("staged in the check phase"));
+            let out = match work {
+                HeadWork::Insert(staged, computed) => {
+                    head.commit_insert(staged);
+                    head.commit_attention(computed)
+                }
+                HeadWork::Attend(staged, computed) => {
                     let out = head.commit_attention(computed);
                     self.out[h * g..][..g].copy_from_slice(out);
+                    if let Some(staged) = staged {
+                        head.commit_insert_after_attention(staged);
+                    }
                     head.evict_to_budget();
                     continue;
                 }
-                StepOrder::AttendInsertEvict => {
-                    let out = head.commit_attention(computed);
-                    self.out[h * g..][..g].copy_from_slice(out);
-                    head.commit_insert_after_attention(staged.expect("staged in the check phase"));
-                    head.evict_to_budget();
-                    continue;
-                }
-                StepOrder::EvictInsertAttend => {
-                    let EvictFirst { victims, staged } = evict_first.expect("planned");
+                HeadWork::Evict(EvictFirst { victims, staged }, computed) => {
                     head.commit_insert(staged);
                     head.commit_evictions(&victims);
                     head.commit_attention(computed)
                 }
             };
             self.out[h * g..][..g].copy_from_slice(out);
+            if order == StepOrder::InsertAttendEvict {
+                head.evict_to_budget();
+            }
         }
         Ok(&self.out)
     }
@@ -321,13 +326,16 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         for h in 0..self.heads.len() {
             let q = self.group_query(query, h);
             let computed = self.heads[h].compute(q, Cover::RESIDENT)?;
-            self.pending.0.push(HeadWork { staged: None, evict_first: None, computed });
+            self.pending.0.push(HeadWork::Attend(None, computed));
         }
         let g = self.group_size() * self.head_dim;
         for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
             // As `KvCache::attend`: a call that evicts nothing reports nothing.
             head.clear_evicted();
-            let out = head.commit_attention(work.computed);
+            let (HeadWork::Attend(_, computed)
+            | HeadWork::Insert(_, computed)
+            | HeadWork::Evict(_, computed)) = work;
+            let out = head.commit_attention(computed);
             self.out[h * g..][..g].copy_from_slice(out);
         }
         Ok(&self.out)

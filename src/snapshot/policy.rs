@@ -2,6 +2,7 @@
 
 use super::codec::{Reader, invalid, put_usize};
 use super::sealed;
+use crate::error::SnapshotError;
 use crate::error::{Error, Result};
 use crate::policy::{
     AnyPolicy, EvictionPolicy, Full, H2O, H2OSinks, Heavy, MeanScore, Recent, SinkWindow, TieRule,
@@ -15,7 +16,7 @@ use crate::policy::{
 ///
 /// Sealed: implemented for the crate's policies only.
 pub trait SnapshotPolicy: EvictionPolicy + sealed::Sealed {
-    /// What the policy type accepts, for [`Error::SnapshotMismatch`].
+    /// What the policy type accepts, for [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch).
     const EXPECTED: &'static str;
     /// The policy as the run-time enum.
     fn to_any(&self) -> AnyPolicy;
@@ -58,7 +59,7 @@ impl SnapshotPolicy for AnyPolicy {
     }
 }
 
-/// The snapshot's policy as a `P`, or [`Error::SnapshotMismatch`] if `P`
+/// The snapshot's policy as a `P`, or [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) if `P`
 /// cannot hold it.
 pub(super) fn restore<P: SnapshotPolicy>(policy: AnyPolicy) -> Result<P> {
     P::from_any(policy).ok_or_else(|| {
@@ -72,7 +73,7 @@ pub(super) fn restore<P: SnapshotPolicy>(policy: AnyPolicy) -> Result<P> {
             AnyPolicy::Tova(_) => Tova::EXPECTED,
             AnyPolicy::MeanScore(_) => MeanScore::EXPECTED,
         };
-        Error::SnapshotMismatch { expected: P::EXPECTED, found }
+        Error::Snapshot(SnapshotError::Mismatch { expected: P::EXPECTED, found })
     })
 }
 
