@@ -6,7 +6,7 @@
 //! [`LayerSchedule`]) and checks that the layers take the tokens in turn, so
 //! their positions never drift apart.
 
-use crate::compress::LayerSchedule;
+use crate::compress::{LayerSchedule, SnapKv};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::layer::LayerCache;
@@ -241,6 +241,11 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
         values: &[T],
         out: &mut [T],
     ) -> Result<()> {
+        self.check_prefill_turn(l, keys)?;
+        self.layers[l].prefill(queries, keys, values, out)
+    }
+
+    fn check_prefill_turn(&self, l: usize, keys: &[T]) -> Result<()> {
         let Some(layer) = self.layers.get(l) else {
             return Err(Error::OutOfTurn { layer: l, reason: "no such layer" });
         };
@@ -248,8 +253,26 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
         if keys.len() % row != 0 {
             return Err(Error::RaggedRows { what: "keys", len: keys.len(), row_len: row });
         }
-        self.check_turn(l, keys.len() / row)?;
-        self.layers[l].prefill(queries, keys, values, out)
+        self.check_turn(l, keys.len() / row)
+    }
+}
+
+impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
+    /// A SnapKV prefill on layer `l` (see [`LayerCache::prefill_snapkv`]).
+    ///
+    /// # Errors
+    /// [`Error::OutOfTurn`]; otherwise as [`LayerCache::prefill`].
+    pub fn prefill_snapkv(
+        &mut self,
+        l: usize,
+        snap: &SnapKv,
+        queries: &[T],
+        keys: &[T],
+        values: &[T],
+        out: &mut [T],
+    ) -> Result<()> {
+        self.check_prefill_turn(l, keys)?;
+        self.layers[l].prefill_snapkv(snap, queries, keys, values, out)
     }
 }
 
@@ -330,7 +353,7 @@ mod tests {
         let layer = m.layers()[0].snapshot();
         assert!(matches!(
             ModelCache::<f64, H2O>::from_snapshot(&layer),
-            Err(Error::SnapshotMismatch { .. })
+            Err(Error::Snapshot(crate::SnapshotError::Mismatch { .. }))
         ));
         assert!(ModelCache::<f64, H2O>::from_snapshot(&bytes[..bytes.len() - 9]).is_err());
     }

@@ -32,6 +32,7 @@ mod attention;
 pub(crate) mod decode;
 mod prefill;
 mod rows;
+mod snapkv;
 
 pub use aliases::{
     FullCache, H2OCache, H2OSinksCache, HeavyOnly, MeanScoreCache, RecentOnly, SinkWindowCache,

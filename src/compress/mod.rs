@@ -91,7 +91,7 @@ impl Scratch {
 
 /// Puts the `k` best entries of `order` first, best by `rank` (`Less` means
 /// the first argument ranks higher). Average O(len).
-fn top_k(order: &mut [usize], k: usize, rank: impl Fn(usize, usize) -> Ordering) {
+pub(crate) fn top_k(order: &mut [usize], k: usize, rank: impl Fn(usize, usize) -> Ordering) {
     if k > 0 && k < order.len() {
         order.select_nth_unstable_by(k - 1, |&a, &b| rank(a, b));
     }

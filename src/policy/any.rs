@@ -175,14 +175,14 @@ impl PolicyKind {
     /// The policy of this kind keeping `budget` tokens: a full cache's
     /// capacity, a window's length, and for H2O a split with
     /// `floor(budget × heavy_fraction)` heavy hitters (see
-    /// [`H2O::with_heavy_fraction`]). H2O + sinks splits the same way and
-    /// gives 4 of the heavy slots to the sinks; mean score splits like H2O;
-    /// sinks + window keeps 4 sinks and a window of `budget − 4`.
-    /// `heavy_fraction` is ignored by the others.
+    /// [`H2O::with_heavy_fraction`]). Mean score splits like H2O. H2O +
+    /// sinks splits like H2O and gives up to 4 of the heavy slots to sinks
+    /// (fewer if there are fewer heavy slots). Sinks + window keeps up to 4
+    /// sinks and at least one window token. `heavy_fraction` is ignored by
+    /// the others.
     ///
     /// # Errors
-    /// As the policies' constructors (sinks need `budget > 4`, and H2O +
-    /// sinks at least 4 heavy slots).
+    /// As the policies' constructors.
     pub fn with_budget(self, budget: usize, heavy_fraction: f64) -> Result<AnyPolicy> {
         let sinks = SinkWindow::DEFAULT_SINKS;
         Ok(match self {
@@ -190,9 +190,14 @@ impl PolicyKind {
             PolicyKind::Recent => Recent::new(budget)?.into(),
             PolicyKind::Heavy => Heavy::new(budget)?.into(),
             PolicyKind::H2O => H2O::with_heavy_fraction(budget, heavy_fraction)?.into(),
-            PolicyKind::SinkWindow => SinkWindow::with_budget(budget)?.into(),
+            PolicyKind::SinkWindow => {
+                super::check_budget(budget)?;
+                let n_sink = sinks.min(budget - 1);
+                SinkWindow::new(n_sink, budget - n_sink)?.into()
+            }
             PolicyKind::H2OSinks => {
-                H2OSinks::with_heavy_fraction(budget, heavy_fraction, sinks)?.into()
+                let h2o = H2O::with_heavy_fraction(budget, heavy_fraction)?;
+                H2OSinks::from_h2o(h2o, sinks.min(h2o.heavy()))?.into()
             }
             PolicyKind::Tova => Tova::new(budget)?.into(),
             PolicyKind::MeanScore => MeanScore::with_heavy_fraction(budget, heavy_fraction)?.into(),
@@ -292,5 +297,13 @@ mod tests {
         }
         assert!("h20".parse::<PolicyKind>().unwrap_err().to_string().contains("h2o"));
         assert!(PolicyKind::H2O.with_budget(8, 1.5).is_err());
+        // Small budgets: fewer sinks, never an empty window or too few heavy slots.
+        let p = PolicyKind::SinkWindow.with_budget(3, 0.5).unwrap();
+        assert_eq!((p.sinks(), p.recent_window()), (2, 1));
+        let p = PolicyKind::H2OSinks.with_budget(7, 0.5).unwrap();
+        assert_eq!((p.sinks(), p.recent_window(), p.budget()), (3, 4, 7));
+        let p = PolicyKind::H2OSinks.with_budget(40, 0.5).unwrap();
+        assert_eq!((p.sinks(), p.recent_window()), (4, 20));
+        assert_eq!(PolicyKind::SinkWindow.with_budget(0, 0.5), Err(crate::Error::ZeroBudget));
     }
 }

@@ -4,9 +4,9 @@
 use super::SnapshotElement;
 use super::codec::{KIND_MODEL, Reader, frame, invalid, put_usize};
 use super::policy::SnapshotPolicy;
-#[cfg(doc)]
-use crate::error::Error;
 use crate::error::Result;
+#[cfg(doc)]
+use crate::error::SnapshotError;
 use crate::layer::LayerCache;
 use crate::model::ModelCache;
 
@@ -28,8 +28,8 @@ impl<T: SnapshotElement, P: SnapshotPolicy> ModelCache<T, P> {
     ///
     /// # Errors
     /// As [`LayerCache::from_snapshot`] for each layer;
-    /// [`Error::SnapshotMismatch`] for a single-head or layer snapshot;
-    /// [`Error::SnapshotInvalid`] if the layers disagree on position.
+    /// [`SnapshotError::Mismatch`] for a single-head or layer snapshot;
+    /// [`SnapshotError::Invalid`] if the layers disagree on position.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::open(bytes, KIND_MODEL, T::TAG)?;
         let n = r.usize()?;
