@@ -16,7 +16,8 @@
 
 mod common;
 
-use common::brute::{Fp, Output, SLACK, Tie};
+use common::bounds::{Fp, Output, SLACK};
+use common::oracle::Tie;
 use common::brute_family::{FDecision, Family, FamilyModel, NoRoom};
 use common::harness::{HeadState, Layer, Single, Subject, compare_output};
 use common::{Gen, Real, Rng, Stats, Token, wide};

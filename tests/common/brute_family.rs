@@ -11,7 +11,8 @@
 //! - [`snapkv_keep`], [`adakv_budgets`]: SnapKV selection and Ada-KV's head
 //!   split by full sorts.
 
-use super::brute::{Fp, Output, SLACK, Tie, attention_row};
+use super::bounds::{Fp, Output, SLACK, attention_row};
+use super::oracle::Tie;
 
 /// A policy of the family as the model sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
