@@ -17,9 +17,9 @@
 mod common;
 
 use common::bounds::{Fp, Output, SLACK};
-use common::oracle::Tie;
 use common::brute_family::{FDecision, Family, FamilyModel, NoRoom};
 use common::harness::{HeadState, Layer, Single, Subject, compare_output};
+use common::oracle::Tie;
 use common::{Gen, Real, Rng, Stats, Token, wide};
 use h2o_kv::{
     AnyPolicy, Cache, Error, EvictionPolicy, H2OSinks, KvCache, LayerCache, MeanScore, SinkWindow,
