@@ -68,7 +68,7 @@ fn family() -> impl Strategy<Value = Family> {
                 n_sink: s.min(h.max(s)),
                 tie
             })
-            .prop_filter("budget ≥ 1", |f| f.budget() > 0),
+            .prop_filter("sinks leave room", |f| f.budget() > f.sinks()),
         (1usize..=8, tie()).prop_map(|(budget, tie)| Family::Tova { budget, tie }),
         (0usize..=5, 0usize..=5, tie())
             .prop_filter("budget ≥ 1", |(h, r, _)| h + r > 0)
@@ -130,18 +130,6 @@ fn scenario(max_steps: usize, gqa: bool) -> impl Strategy<Value = Scenario> {
             (opening, prefill, steps, order, amp, dup, seed),
             (n_kv, g),
         )| {
-            // Evict-insert-attend on a cache holding budget + 1 tokens (bare
-            // inserts, or sinks that fill the budget) is refused by the crate
-            // with CapacityExceeded although evicting first would make room;
-            // the model would evict. Kept out until the planner stages after
-            // choosing its victims.
-            let evict_first = matches!(order, Order::EvictInsertAttend | Order::Mixed);
-            let opening = if evict_first { opening.min(rule.budget()) } else { opening };
-            let order = if evict_first && rule.sinks() >= rule.budget() {
-                Order::InsertAttendEvict
-            } else {
-                order
-            };
             Scenario {
                 rule,
                 via_any,
@@ -325,7 +313,25 @@ impl<S> FHarness<S> {
         S: FamilySubject<T>,
     {
         let label = "step evict-insert-attend";
+        let before: Vec<HeadState> = (0..self.models.len()).map(|h| self.subject.head(h)).collect();
         let got = self.subject.step_evict_first(&t.q, &t.k, &t.v);
+        // The new row goes to a vacant slot before anything is evicted: a
+        // cache holding budget + 1 tokens refuses and changes nothing.
+        let full = self.models.iter().any(|m| m.tokens.len() >= m.rule().slots());
+        if full {
+            let (len, capacity) = (self.models[0].tokens.len(), self.models[0].rule().slots());
+            let want = h2o_kv::Error::CapacityExceeded { len, capacity, requested: 1 };
+            if got.as_ref().err() != Some(&want) {
+                return Err(format!("{label}: got {got:?}, the model predicts {want:?}"));
+            }
+            for (h, b) in before.iter().enumerate() {
+                if self.subject.head(h) != *b {
+                    return Err(format!("{label}: the Err changed head {h}"));
+                }
+            }
+            stats.errors.set(stats.errors.get() + 1);
+            return Ok(());
+        }
         let got = got.map_err(|e| format!("{label}: unexpected {e:?}"))?;
         for h in 0..self.models.len() {
             let state = self.subject.head(h);
@@ -548,4 +554,27 @@ fn tova_exact_ties_follow_the_tie_rule() {
     common::run("prop_family", common::cases(400), strategy, |s| single::<f64>(&s, &stats));
     assert_eq!(stats.resyncs.get(), 0, "identical keys must never need a re-sync");
     assert!(stats.decisions.get() >= 200, "too few decisions: {}", stats.decisions.get());
+}
+
+/// Evict-insert-attend writes the new row to a vacant slot before it evicts:
+/// a cache holding budget + 1 tokens (bare inserts) refuses with a clear
+/// error and changes nothing; after `evict()` the same step goes through.
+#[test]
+fn evict_first_on_a_full_store_asks_for_evict() {
+    use h2o_kv::{H2OSinksCache, StepOrder};
+    let mut c = H2OSinksCache::<f64>::new(1, 2, 1, 1).unwrap();
+    for k in 0..4 {
+        c.insert(&[f64::from(k)], &[0.0]).unwrap();
+    }
+    let before = c.snapshot();
+    let eia = StepOrder::EvictInsertAttend;
+    let err = c.step_with(eia, &[1.0], &[0.5], &[0.0]).unwrap_err();
+    assert_eq!(err, Error::CapacityExceeded { len: 4, capacity: 4, requested: 1 });
+    assert!(err.to_string().contains("must evict first"), "{err}");
+    assert_eq!(c.snapshot(), before);
+    // The sink (0) and the window (3) stay; 1 and 2 tie at score 0 and the
+    // older is kept.
+    assert_eq!(c.evict(), &[2]);
+    c.step_with(eia, &[1.0], &[0.5], &[0.0]).unwrap();
+    assert_eq!(c.len(), 3);
 }

@@ -177,7 +177,7 @@ impl PolicyKind {
     /// `floor(budget × heavy_fraction)` heavy hitters (see
     /// [`H2O::with_heavy_fraction`]). Mean score splits like H2O. H2O +
     /// sinks splits like H2O and gives up to 4 of the heavy slots to sinks
-    /// (fewer if there are fewer heavy slots). Sinks + window keeps up to 4
+    /// (fewer if there are fewer heavy slots, and never the whole budget). Sinks + window keeps up to 4
     /// sinks and at least one window token. `heavy_fraction` is ignored by
     /// the others.
     ///
@@ -197,7 +197,8 @@ impl PolicyKind {
             }
             PolicyKind::H2OSinks => {
                 let h2o = H2O::with_heavy_fraction(budget, heavy_fraction)?;
-                H2OSinks::from_h2o(h2o, sinks.min(h2o.heavy()))?.into()
+                let room = h2o.heavy().min(budget.saturating_sub(1));
+                H2OSinks::from_h2o(h2o, sinks.min(room))?.into()
             }
             PolicyKind::Tova => Tova::new(budget)?.into(),
             PolicyKind::MeanScore => MeanScore::with_heavy_fraction(budget, heavy_fraction)?.into(),

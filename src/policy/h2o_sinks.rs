@@ -64,9 +64,11 @@ impl H2OSinks {
     /// The same H2O policy (with its tie rule) with `n_sink` sinks.
     ///
     /// # Errors
-    /// [`Error::InvalidSplit`] if `n_sink > h2o.heavy()`.
+    /// [`Error::InvalidSplit`] if `n_sink > h2o.heavy()`, or if the sinks
+    /// would fill the whole budget (`recent = 0` and `n_sink = heavy`: no
+    /// other token could ever stay).
     pub fn from_h2o(h2o: H2O, n_sink: usize) -> Result<Self> {
-        if n_sink > h2o.heavy() {
+        if n_sink > h2o.heavy() || n_sink >= h2o.heavy() + h2o.recent() {
             return Err(Error::InvalidSplit {
                 budget: h2o.heavy() + h2o.recent(),
                 recent: h2o.recent() + n_sink,
@@ -155,6 +157,9 @@ mod tests {
         let p = H2OSinks::new(6, 2, 4).unwrap();
         assert_eq!((p.budget(), p.recent_window(), p.sinks(), p.name()), (8, 2, 4, "h2o+sinks"));
         assert!(matches!(H2OSinks::new(3, 2, 4), Err(Error::InvalidSplit { .. })));
+        // Sinks filling the budget: nothing else could stay.
+        assert!(matches!(H2OSinks::new(2, 0, 2), Err(Error::InvalidSplit { .. })));
+        assert!(H2OSinks::new(2, 0, 1).is_ok());
         let p = H2OSinks::with_heavy_fraction(20, 0.5, 4).unwrap();
         assert_eq!((p.heavy(), p.recent(), p.n_sink()), (10, 10, 4));
         assert_eq!(H2OSinks::new(0, 0, 0), Err(Error::ZeroBudget));
