@@ -138,6 +138,38 @@ pub enum Error {
     /// sees only the decode-loop cases at the top level.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// A configuration number outside its documented range (a SnapKV window
+    /// of zero, an even pooling kernel, a safeguard fraction outside `[0, 1]`,
+    /// a PyramidKV `beta` of zero, ...).
+    #[error("{what} = {value} is invalid: {expected}")]
+    InvalidParameter {
+        /// Which parameter (`"snapkv window"`, `"pooling kernel"`, ...).
+        what: &'static str,
+        /// The value given, widened to f64.
+        value: f64,
+        /// The range it must lie in, in words.
+        expected: &'static str,
+    },
+    /// A [`ModelCache`](crate::ModelCache) call on a layer whose turn it is
+    /// not: every token goes through layer 0, then 1, and so on.
+    #[error("layer {layer} cannot take tokens now: {reason}")]
+    OutOfTurn {
+        /// The layer called.
+        layer: usize,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// A budget too small to give every layer (or head) of a schedule at
+    /// least its reserved tokens plus one.
+    #[error("a total budget of {total} tokens cannot give {parts} parts {needed} tokens each")]
+    BudgetTooSmall {
+        /// The total budget in tokens.
+        total: usize,
+        /// Layers (or heads) it is split across.
+        parts: usize,
+        /// Tokens each part needs at least.
+        needed: usize,
+    },
 }
 
 /// Why [`Cache::from_snapshot`](crate::Cache::from_snapshot) or

@@ -2,6 +2,7 @@
 
 use crate::cache::Cache;
 use crate::cache::decode::{Computed, Cover};
+use crate::compress::SnapKv;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -385,6 +386,35 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         values: &[T],
         out: &mut [T],
     ) -> Result<()> {
+        self.prefill_selecting(None, queries, keys, values, out)
+    }
+
+    /// A prefill (as [`prefill`](Self::prefill)) whose eviction keeps, in
+    /// each KV head, the prompt tokens SnapKV selects from that head's
+    /// attention (its query heads' weights summed); see
+    /// [`Cache::prefill_snapkv`].
+    ///
+    /// # Errors
+    /// As [`prefill`](Self::prefill).
+    pub fn prefill_snapkv(
+        &mut self,
+        snap: &SnapKv,
+        queries: &[T],
+        keys: &[T],
+        values: &[T],
+        out: &mut [T],
+    ) -> Result<()> {
+        self.prefill_selecting(Some(snap), queries, keys, values, out)
+    }
+
+    fn prefill_selecting(
+        &mut self,
+        snap: Option<&SnapKv>,
+        queries: &[T],
+        keys: &[T],
+        values: &[T],
+        out: &mut [T],
+    ) -> Result<()> {
         let (d, n_kv, g) = (self.head_dim, self.heads.len(), self.group_size());
         let kv_row = n_kv * d;
         if keys.len() % kv_row != 0 {
@@ -408,7 +438,10 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
             let q = gather(queries, self.n_heads * d, h * g * d, g * d);
             let k = gather(keys, kv_row, h * d, d);
             let v = gather(values, kv_row, h * d, d);
-            let plan = head.plan_prefill(g, &q, &k, &v)?;
+            let plan = match snap {
+                Some(snap) => head.plan_snapkv(snap, g, &q, &k, &v)?,
+                None => head.plan_prefill(g, &q, &k, &v)?,
+            };
             plans.push((plan, k, v));
         }
         for (h, (plan, k, v)) in plans.iter().enumerate() {

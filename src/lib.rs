@@ -112,27 +112,35 @@
 #[cfg(feature = "simd")]
 mod arch;
 mod cache;
+pub mod compress;
 mod element;
 mod error;
 pub mod kernels;
 mod kv_cache;
 mod layer;
+mod model;
 mod order;
 mod planner;
 pub mod policy;
 pub mod snapshot;
 mod trace;
 
-pub use cache::{AttentionEntry, Cache, FullCache, H2OCache, HeavyOnly, MAX_HEAD_DIM, RecentOnly};
+pub use cache::{
+    AttentionEntry, Cache, FullCache, H2OCache, H2OSinksCache, HeavyOnly, MAX_HEAD_DIM,
+    MeanScoreCache, RecentOnly, SinkWindowCache, TovaCache,
+};
+pub use compress::{AdaKv, LayerSchedule, SnapKv};
 pub use element::{Accumulator, Element};
 pub use error::{Error, Result, SnapshotError};
 pub use kv_cache::KvCache;
 pub use layer::{EvictedByHead, LayerCache};
+pub use model::ModelCache;
 pub use order::{StepOrder, UnknownName};
 pub use planner::{Evicted, Planner, PrefillStats, Staged, Token, Tokens};
 #[doc(inline)]
 pub use policy::{
-    AnyPolicy, Candidate, EvictionPolicy, Full, H2O, Heavy, MAX_BUDGET, PolicyKind, Recent, TieRule,
+    AnyPolicy, Candidate, EvictionPolicy, Full, H2O, H2OSinks, Heavy, MAX_BUDGET, MeanScore,
+    PolicyKind, Recent, SinkWindow, TieRule, Tova,
 };
 pub use snapshot::{SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy};
 pub use trace::{Trace, TraceStep};

@@ -30,6 +30,13 @@ pub enum StepOrder {
     AttendInsertEvict,
     /// Evict down to `budget − 1` (the window's oldest token leaves as the
     /// new one enters), insert, attend over exactly `budget` tokens.
+    ///
+    /// The new key and value are written to a vacant slot before anything is
+    /// evicted (so a step that fails leaves every resident row intact). A
+    /// cache already holding `budget + 1` tokens (bare
+    /// [`insert`](crate::KvCache::insert)s) has none: the step is refused with
+    /// [`Error::CapacityExceeded`](crate::Error::CapacityExceeded); call
+    /// [`evict`](crate::KvCache::evict) first.
     EvictInsertAttend,
 }
 

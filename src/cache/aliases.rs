@@ -4,7 +4,7 @@
 use super::Cache;
 use crate::element::Element;
 use crate::error::Result;
-use crate::policy::{Full, H2O, Heavy, Recent};
+use crate::policy::{Full, H2O, H2OSinks, Heavy, MeanScore, Recent, SinkWindow, Tova};
 
 /// A cache that keeps every token: [`Cache`] with the [`Full`] policy.
 pub type FullCache<T> = Cache<T, Full>;
@@ -75,5 +75,60 @@ impl<T: Element> Cache<T, H2O> {
         heavy_fraction: f64,
     ) -> Result<Self> {
         Cache::with_policy(head_dim, H2O::with_heavy_fraction(budget, heavy_fraction)?)
+    }
+}
+
+/// A StreamingLLM cache: [`Cache`] with the [`SinkWindow`] policy.
+pub type SinkWindowCache<T> = Cache<T, SinkWindow>;
+
+impl<T: Element> Cache<T, SinkWindow> {
+    /// A cache for one head of `head_dim` keeping `n_sink` sinks and the
+    /// newest `window` tokens.
+    ///
+    /// # Errors
+    /// As [`SinkWindow::new`] and [`Cache::with_policy`].
+    pub fn new(head_dim: usize, n_sink: usize, window: usize) -> Result<Self> {
+        Cache::with_policy(head_dim, SinkWindow::new(n_sink, window)?)
+    }
+}
+
+/// H2O with attention sinks: [`Cache`] with the [`H2OSinks`] policy.
+pub type H2OSinksCache<T> = Cache<T, H2OSinks>;
+
+impl<T: Element> Cache<T, H2OSinks> {
+    /// A cache for one head of `head_dim`: `heavy` slots (of which `n_sink`
+    /// sinks) plus a `recent`-token window.
+    ///
+    /// # Errors
+    /// As [`H2OSinks::new`] and [`Cache::with_policy`].
+    pub fn new(head_dim: usize, heavy: usize, recent: usize, n_sink: usize) -> Result<Self> {
+        Cache::with_policy(head_dim, H2OSinks::new(heavy, recent, n_sink)?)
+    }
+}
+
+/// A TOVA cache: [`Cache`] with the [`Tova`] policy.
+pub type TovaCache<T> = Cache<T, Tova>;
+
+impl<T: Element> Cache<T, Tova> {
+    /// A TOVA cache of `budget` tokens for one head of `head_dim`.
+    ///
+    /// # Errors
+    /// As [`Tova::new`] and [`Cache::with_policy`].
+    pub fn new(head_dim: usize, budget: usize) -> Result<Self> {
+        Cache::with_policy(head_dim, Tova::new(budget)?)
+    }
+}
+
+/// A mean-score cache: [`Cache`] with the [`MeanScore`] policy.
+pub type MeanScoreCache<T> = Cache<T, MeanScore>;
+
+impl<T: Element> Cache<T, MeanScore> {
+    /// A mean-score cache for one head of `head_dim`: `heavy` slots plus a
+    /// `recent`-token window.
+    ///
+    /// # Errors
+    /// As [`MeanScore::new`] and [`Cache::with_policy`].
+    pub fn new(head_dim: usize, heavy: usize, recent: usize) -> Result<Self> {
+        Cache::with_policy(head_dim, MeanScore::new(heavy, recent)?)
     }
 }

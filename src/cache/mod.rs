@@ -32,8 +32,12 @@ mod attention;
 pub(crate) mod decode;
 mod prefill;
 mod rows;
+mod snapkv;
 
-pub use aliases::{FullCache, H2OCache, HeavyOnly, RecentOnly};
+pub use aliases::{
+    FullCache, H2OCache, H2OSinksCache, HeavyOnly, MeanScoreCache, RecentOnly, SinkWindowCache,
+    TovaCache,
+};
 use rows::Rows;
 
 /// The largest `head_dim` a cache accepts: 2^16, far above any model's

@@ -28,9 +28,15 @@ use crate::policy::EvictionPolicy;
 #[derive(Debug)]
 pub(crate) struct PrefillPlan<T> {
     /// Scores for the planner.
-    stats: PrefillStats,
+    pub(crate) stats: PrefillStats,
     /// `[P × g × head_dim]`: attention outputs.
     pub(crate) outputs: Vec<T>,
+    /// With a SnapKV selection: the column sums of the last `window` rows,
+    /// `[span]` by slot for the residents and `[P]` for the chunk.
+    pub(crate) observed: Option<(Vec<f64>, Vec<f64>)>,
+    /// With a SnapKV selection that evicts: which tokens stay, residents by
+    /// position then the chunk (see `snapkv.rs`).
+    pub(crate) keep: Option<Vec<bool>>,
 }
 
 impl<T: Element, P: EvictionPolicy> Cache<T, P> {
@@ -45,6 +51,19 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         queries: &[T],
         keys: &[T],
         values: &[T],
+    ) -> Result<PrefillPlan<T>> {
+        self.plan_prefill_observing(group, queries, keys, values, 0)
+    }
+
+    /// [`plan_prefill`](Self::plan_prefill), also summing the weights of the
+    /// last `observe` rows (SnapKV's observation window; 0 for none).
+    pub(crate) fn plan_prefill_observing(
+        &self,
+        group: usize,
+        queries: &[T],
+        keys: &[T],
+        values: &[T],
+        observe: usize,
     ) -> Result<PrefillPlan<T>> {
         let d = self.head_dim_();
         if keys.len() % d != 0 {
@@ -80,6 +99,10 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             chunk_last: try_vec(p, 0.0)?,
         };
         let mut outputs = try_vec(p * row, T::default())?;
+        let mut observed = match observe {
+            0 => None,
+            _ => Some((try_vec(hw, 0.0)?, try_vec(p, 0.0)?)),
+        };
         let states = self.planner.slots().states();
         let resident = |s: usize| s >= hw || states[s] != crate::planner::SlotState::Free;
         let masked = self.planner.len() < hw;
@@ -114,6 +137,14 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
                         *l += x.widen();
                     }
                 }
+                if let Some((resident, chunk)) = observed.as_mut().filter(|_| i + observe >= p) {
+                    for (o, x) in resident.iter_mut().zip(&w[..hw]) {
+                        *o += x.widen();
+                    }
+                    for (o, x) in chunk.iter_mut().zip(&w[hw..]) {
+                        *o += x.widen();
+                    }
+                }
             }
             kernels::weighted_sum(&mut out_resident, &weights, width, values_in, d);
             kernels::weighted_sum(&mut out_chunk, &weights[hw..], width, &values[..(i + 1) * d], d);
@@ -127,7 +158,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
                 *o = T::from_acc(sum);
             }
         }
-        Ok(PrefillPlan { stats, outputs })
+        Ok(PrefillPlan { stats, outputs, observed, keep: None })
     }
 
     /// Applies a [`plan_prefill`](Self::plan_prefill): the planner adds the
@@ -141,7 +172,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         self.shown_evicted.clear();
         let d = self.head_dim_();
         let rows = &mut self.rows;
-        self.planner.commit_prefill(&plan.stats, |j, slot| {
+        self.planner.commit_prefill_keeping(&plan.stats, plan.keep.as_deref(), |j, slot| {
             rows.write(slot, &keys[j * d..][..d], &values[j * d..][..d]);
         });
     }

@@ -143,7 +143,10 @@ impl<P: EvictionPolicy> Planner<P> {
         let budget = policy.budget();
         check_budget(budget)?;
         let protected = policy.recent_window().saturating_add(policy.sinks());
-        if protected > budget {
+        // An evicting policy whose sinks fill the whole budget could never
+        // keep another token (nor evict down to `budget − 1` before an
+        // insertion): refused like any split that protects too much.
+        if protected > budget || (policy.evicts() && policy.sinks() >= budget) {
             return Err(Error::InvalidSplit { budget, recent: protected });
         }
         let slots = if policy.evicts() { budget + 1 } else { budget };

@@ -70,9 +70,19 @@ impl<P: EvictionPolicy> Planner<P> {
     /// others by the policy's order, evicting the rest at once (one sort).
     /// `place(j, slot)` is called for every chunk token that is kept, with the
     /// slot to write its key and value to.
-    pub(crate) fn commit_prefill(
+    pub(crate) fn commit_prefill(&mut self, stats: &PrefillStats, place: impl FnMut(usize, usize)) {
+        self.commit_prefill_keeping(stats, None, place);
+    }
+
+    /// [`commit_prefill`](Self::commit_prefill), with the kept set chosen by
+    /// the caller when the prefill evicts: `keep` holds one flag per token,
+    /// the residents by ascending position, then the chunk (SnapKV's
+    /// selection). It must keep exactly the budget and every sink; the
+    /// newest `recent` kept tokens form the recent window.
+    pub(crate) fn commit_prefill_keeping(
         &mut self,
         stats: &PrefillStats,
+        keep: Option<&[bool]>,
         mut place: impl FnMut(usize, usize),
     ) {
         let tokens = stats.chunk_scores.len();
@@ -122,6 +132,34 @@ impl<P: EvictionPolicy> Planner<P> {
             all.sort_unstable_by_key(|(c, _)| c.position);
             for j in 0..tokens {
                 all.push((chunk(j), Loc::Chunk(j)));
+            }
+            if let Some(keep) = keep {
+                debug_assert_eq!(keep.len(), n);
+                debug_assert_eq!(keep.iter().filter(|&&k| k).count(), budget);
+                self.slots.clear_recent();
+                for ((c, loc), _) in all.iter().zip(keep).filter(|(_, k)| !**k) {
+                    match *loc {
+                        Loc::Slot(s) => self.release(s),
+                        Loc::Chunk(_) => {
+                            self.evicted.push(Evicted { slot: usize::MAX, position: c.position })
+                        }
+                    }
+                }
+                for ((_, loc), _) in all.iter_mut().zip(keep).filter(|(_, k)| **k) {
+                    if let Loc::Chunk(j) = *loc {
+                        *loc = Loc::Slot(occupy(self, j, &mut place));
+                    }
+                }
+                let window = self.policy.recent_window().min(budget);
+                let kept = all.iter().zip(keep).filter(|(_, k)| **k).map(|(t, _)| t);
+                for (_, loc) in kept.skip(budget - window) {
+                    if let Loc::Slot(s) = *loc {
+                        self.slots.push_recent(s);
+                    }
+                }
+                self.sort_evicted();
+                self.next_position = first + tokens as u64;
+                return;
             }
             let window = self.policy.recent_window().min(n);
             let (older, recent) = all.split_at_mut(n - window);

@@ -29,14 +29,22 @@ use core::fmt::Debug;
 mod any;
 mod full;
 mod h2o;
+mod h2o_sinks;
 mod heavy;
+mod mean;
 mod recent;
+mod sinks;
+mod tova;
 
 pub use any::{AnyPolicy, PolicyKind};
 pub use full::Full;
 pub use h2o::H2O;
+pub use h2o_sinks::H2OSinks;
 pub use heavy::Heavy;
+pub use mean::MeanScore;
 pub use recent::Recent;
+pub use sinks::SinkWindow;
+pub use tova::Tova;
 
 use crate::error::{Error, Result};
 

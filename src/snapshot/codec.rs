@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 const MAGIC: [u8; 8] = *b"H2OKVSNP";
 pub(super) const KIND_CACHE: u8 = 1;
 pub(super) const KIND_LAYER: u8 = 2;
+pub(super) const KIND_MODEL: u8 = 3;
 /// Magic, version, kind, element type, payload length.
 const HEADER: usize = 8 + 2 + 1 + 1 + 8;
 const TRAILER: usize = 8;
@@ -110,6 +111,7 @@ fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
         let name = |k| match k {
             KIND_CACHE => "a single-head cache",
             KIND_LAYER => "a layer cache",
+            KIND_MODEL => "a model cache",
             _ => "an unknown kind of cache",
         };
         return Err(Error::Snapshot(SnapshotError::Mismatch {

@@ -60,6 +60,7 @@ mod codec;
 mod element;
 mod head;
 mod layer;
+mod model;
 mod policy;
 
 pub use element::SnapshotElement;
@@ -86,5 +87,9 @@ mod sealed {
     impl Sealed for crate::Recent {}
     impl Sealed for crate::Heavy {}
     impl Sealed for crate::H2O {}
+    impl Sealed for crate::SinkWindow {}
+    impl Sealed for crate::H2OSinks {}
+    impl Sealed for crate::Tova {}
+    impl Sealed for crate::MeanScore {}
     impl Sealed for crate::AnyPolicy {}
 }

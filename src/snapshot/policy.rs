@@ -4,9 +4,12 @@ use super::codec::{Reader, invalid, put_usize};
 use super::sealed;
 use crate::error::SnapshotError;
 use crate::error::{Error, Result};
-use crate::policy::{AnyPolicy, EvictionPolicy, Full, H2O, Heavy, Recent, TieRule};
+use crate::policy::{
+    AnyPolicy, EvictionPolicy, Full, H2O, H2OSinks, Heavy, MeanScore, Recent, SinkWindow, TieRule,
+    Tova,
+};
 
-/// A policy a snapshot can store: the four built-in policies and
+/// A policy a snapshot can store: the built-in policies and
 /// [`AnyPolicy`]. A snapshot records the policy as an [`AnyPolicy`]; a
 /// snapshot of an `H2OCache` can be restored as a `Cache<T, AnyPolicy>` and
 /// back, since both make the same decisions.
@@ -41,6 +44,10 @@ variant!(Full, "a full policy");
 variant!(Recent, "a recent policy");
 variant!(Heavy, "a heavy policy");
 variant!(H2O, "an h2o policy");
+variant!(SinkWindow, "a sinks policy");
+variant!(H2OSinks, "an h2o+sinks policy");
+variant!(Tova, "a tova policy");
+variant!(MeanScore, "a mean policy");
 
 impl SnapshotPolicy for AnyPolicy {
     const EXPECTED: &'static str = "any policy";
@@ -61,19 +68,30 @@ pub(super) fn restore<P: SnapshotPolicy>(policy: AnyPolicy) -> Result<P> {
             AnyPolicy::Recent(_) => Recent::EXPECTED,
             AnyPolicy::Heavy(_) => Heavy::EXPECTED,
             AnyPolicy::H2O(_) => H2O::EXPECTED,
+            AnyPolicy::SinkWindow(_) => SinkWindow::EXPECTED,
+            AnyPolicy::H2OSinks(_) => H2OSinks::EXPECTED,
+            AnyPolicy::Tova(_) => Tova::EXPECTED,
+            AnyPolicy::MeanScore(_) => MeanScore::EXPECTED,
         };
         Error::Snapshot(SnapshotError::Mismatch { expected: P::EXPECTED, found })
     })
 }
 
-/// Writes the policy: tag u8 (0 full, 1 recent, 2 heavy, 3 h2o), two u64
-/// parameters, tie rule u8 (0 keep older, 1 keep newer).
+/// Writes the policy: tag u8 (0 full, 1 recent, 2 heavy, 3 h2o, 4 sinks,
+/// 5 h2o+sinks, 6 tova, 7 mean), two u64 parameters, tie rule u8 (0 keep
+/// older, 1 keep newer), and for tags 4 to 7 a third u64 parameter (the
+/// sinks of h2o+sinks, 0 otherwise).
 pub(super) fn put_policy(out: &mut Vec<u8>, policy: &AnyPolicy) {
-    let (tag, a, b, tie) = match policy {
-        AnyPolicy::Full(p) => (0, p.budget(), 0, TieRule::default()),
-        AnyPolicy::Recent(p) => (1, p.budget(), 0, TieRule::default()),
-        AnyPolicy::Heavy(p) => (2, p.budget(), 0, p.tie_rule()),
-        AnyPolicy::H2O(p) => (3, p.heavy(), p.recent(), p.tie_rule()),
+    let none = TieRule::default();
+    let (tag, a, b, tie, c) = match policy {
+        AnyPolicy::Full(p) => (0, p.budget(), 0, none, None),
+        AnyPolicy::Recent(p) => (1, p.budget(), 0, none, None),
+        AnyPolicy::Heavy(p) => (2, p.budget(), 0, p.tie_rule(), None),
+        AnyPolicy::H2O(p) => (3, p.heavy(), p.recent(), p.tie_rule(), None),
+        AnyPolicy::SinkWindow(p) => (4, p.n_sink(), p.window(), none, Some(0)),
+        AnyPolicy::H2OSinks(p) => (5, p.heavy(), p.recent(), p.tie_rule(), Some(p.n_sink())),
+        AnyPolicy::Tova(p) => (6, p.budget(), 0, p.tie_rule(), Some(0)),
+        AnyPolicy::MeanScore(p) => (7, p.heavy(), p.recent(), p.tie_rule(), Some(0)),
     };
     out.push(tag);
     put_usize(out, a);
@@ -82,6 +100,9 @@ pub(super) fn put_policy(out: &mut Vec<u8>, policy: &AnyPolicy) {
         TieRule::KeepOlder => 0,
         TieRule::KeepNewer => 1,
     });
+    if let Some(c) = c {
+        put_usize(out, c);
+    }
 }
 
 /// Reads a policy written by [`put_policy`]; a field the policy does not use
@@ -94,15 +115,22 @@ pub(super) fn get_policy(r: &mut Reader<'_>) -> Result<AnyPolicy> {
         1 => TieRule::KeepNewer,
         _ => return Err(invalid("unknown tie rule")),
     };
+    let c = if (4..=7).contains(&tag) { r.usize()? } else { 0 };
     let bad = |_| invalid("policy parameters rejected by its constructor");
     let unused = || Err(invalid("unused policy field set"));
+    let default_tie = tie == TieRule::default();
     Ok(match tag {
-        0 | 1 if b != 0 || tie != TieRule::default() => return unused(),
-        2 if b != 0 => return unused(),
+        0 | 1 | 4 if (tag != 4 && b != 0) || !default_tie => return unused(),
+        2 | 6 if b != 0 => return unused(),
+        4 | 6 | 7 if c != 0 => return unused(),
         0 => AnyPolicy::Full(Full::new(a).map_err(bad)?),
         1 => AnyPolicy::Recent(Recent::new(a).map_err(bad)?),
         2 => AnyPolicy::Heavy(Heavy::new(a).map_err(bad)?.with_tie_rule(tie)),
         3 => AnyPolicy::H2O(H2O::new(a, b).map_err(bad)?.with_tie_rule(tie)),
+        4 => AnyPolicy::SinkWindow(SinkWindow::new(a, b).map_err(bad)?),
+        5 => AnyPolicy::H2OSinks(H2OSinks::new(a, b, c).map_err(bad)?.with_tie_rule(tie)),
+        6 => AnyPolicy::Tova(Tova::new(a).map_err(bad)?.with_tie_rule(tie)),
+        7 => AnyPolicy::MeanScore(MeanScore::new(a, b).map_err(bad)?.with_tie_rule(tie)),
         _ => return Err(invalid("unknown policy")),
     })
 }

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod bounds;
+pub mod brute_family;
 pub mod harness;
 pub mod oracle;
 pub mod rng;

@@ -69,20 +69,29 @@ impl Spec {
     /// Label such as `h2o(0.5)`.
     pub fn label(&self) -> String {
         match self.kind {
-            PolicyKind::H2o => format!("h2o({})", self.heavy_fraction),
+            PolicyKind::H2o | PolicyKind::H2oSinks | PolicyKind::Mean => {
+                format!("{}({})", self.kind.name(), self.heavy_fraction)
+            }
             k => k.name().to_string(),
         }
     }
 }
 
-/// The grid: full; recent, heavy and H2O (heavy fraction 0.5) at each
+/// The grid: full; recent, heavy, H2O, sinks + window, H2O + sinks, TOVA and
+/// mean score (heavy fraction 0.5 where it applies) at each
 /// of `percents`; then H2O at `sweep_percent` with each other `fractions`.
 pub fn grid(percents: &[u32], fractions: &[f64], sweep_percent: u32, seq_len: usize) -> Vec<Spec> {
     let mut specs = vec![Spec::full(seq_len)];
     for &p in percents {
-        for (kind, f) in
-            [(PolicyKind::Recent, 0.0), (PolicyKind::Heavy, 0.0), (PolicyKind::H2o, 0.5)]
-        {
+        for (kind, f) in [
+            (PolicyKind::Recent, 0.0),
+            (PolicyKind::Heavy, 0.0),
+            (PolicyKind::H2o, 0.5),
+            (PolicyKind::Sinks, 0.0),
+            (PolicyKind::H2oSinks, 0.5),
+            (PolicyKind::Tova, 0.0),
+            (PolicyKind::Mean, 0.5),
+        ] {
             specs.push(Spec::new(kind, p, f, seq_len));
         }
     }
@@ -334,7 +343,9 @@ pub fn csv(rows: &[Row]) -> String {
     );
     for r in rows {
         let fraction = match r.spec.kind {
-            PolicyKind::H2o => r.spec.heavy_fraction.to_string(),
+            PolicyKind::H2o | PolicyKind::H2oSinks | PolicyKind::Mean => {
+                r.spec.heavy_fraction.to_string()
+            }
             _ => String::new(),
         };
         out += &format!(
@@ -378,9 +389,9 @@ mod tests {
     #[test]
     fn the_grid_has_each_configuration_once() {
         let g = grid(&[5, 10, 20, 40, 60], &[0.1, 0.25, 0.5, 0.75], 20, 512);
-        assert_eq!(g.len(), 1 + 3 * 5 + 3);
+        assert_eq!(g.len(), 1 + 7 * 5 + 3);
         assert_eq!(g[0].kind, PolicyKind::Full);
-        let budgets: Vec<usize> = g[1..].iter().step_by(3).take(5).map(|s| s.budget).collect();
+        let budgets: Vec<usize> = g[1..].iter().step_by(7).take(5).map(|s| s.budget).collect();
         assert_eq!(budgets, [26, 51, 102, 205, 307]);
     }
 }

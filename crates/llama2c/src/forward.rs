@@ -232,6 +232,15 @@ impl<'m> Decoder<'m> {
         }
     }
 
+    /// Layer `l`'s cache, or `None` for the plain arrays or a layer out of
+    /// range (for inspection: eviction maps, traces).
+    pub fn layer(&self, l: usize) -> Option<&LayerCache<f32, AnyPolicy>> {
+        match &self.kv {
+            Kv::Caches(layers, _) => layers.get(l),
+            _ => None,
+        }
+    }
+
     /// Position of the next token (tokens decoded since the last reset).
     pub fn position(&self) -> u64 {
         match &self.kv {

@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
-use h2o_kv::AnyPolicy;
+use h2o_kv::{AnyPolicy, EvictionPolicy, KvCache};
 
 use crate::error::{Error, Result};
+use crate::eviction_map::EvictionMap;
 use crate::forward::{Decoder, StepOrder};
 use crate::model::Model;
 use crate::tokenizer::{BOS, Tokenizer};
@@ -207,6 +208,23 @@ pub fn generate(
     sampler: &mut Sampler,
     options: &Options,
 ) -> Result<Generation> {
+    generate_watching(model, tokenizer, sampler, options, None).map(|(g, _)| g)
+}
+
+/// [`generate`], also recording which positions KV head `watch.1` of layer
+/// `watch.0` holds after every step, for an eviction map (`None` with the
+/// plain arrays or an out-of-range layer or head).
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_watching(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    sampler: &mut Sampler,
+    options: &Options,
+    watch: Option<(usize, usize)>,
+) -> Result<(Generation, Option<EvictionMap>)> {
+    let mut map = watch.map(|_| EvictionMap::default());
     let seq_len = model.config.seq_len;
     let prompt = tokenizer.encode(&options.prompt, true);
     let mut decoder = if options.plain {
@@ -231,6 +249,17 @@ pub fn generate(
             Some(&forced) => forced,
             None => sampler.sample(logits),
         };
+        if let (Some(m), Some((l, h))) = (map.as_mut(), watch) {
+            if let Some(head) = decoder.layer(l).and_then(|layer| layer.head(h)) {
+                let policy = head.policy();
+                m.record(
+                    pos as u64,
+                    &head.resident_positions(),
+                    policy.recent_window(),
+                    policy.sinks(),
+                );
+            }
+        }
         pos += 1;
         if next == BOS {
             end = End::Bos;
@@ -243,7 +272,8 @@ pub fn generate(
         token = next;
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(Generation { text, steps: pos, end, kv_bytes: decoder.kv_bytes(), seconds })
+    let generation = Generation { text, steps: pos, end, kv_bytes: decoder.kv_bytes(), seconds };
+    Ok((generation, map.filter(|m| m.counts() != (0, 0, 0))))
 }
 
 #[cfg(test)]

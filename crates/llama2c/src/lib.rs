@@ -23,6 +23,7 @@
 
 pub mod error;
 pub mod eval;
+pub mod eviction_map;
 pub mod files;
 pub mod forward;
 pub mod generate;

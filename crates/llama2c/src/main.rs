@@ -100,6 +100,16 @@ enum Command {
         /// Bypass h2o-kv: keep keys and values in llama2.c's plain arrays (baseline).
         #[arg(long)]
         plain: bool,
+        /// Write an eviction map (SVG: decode step × position, resident, evicted,
+        /// heavy hitters) of one KV head here.
+        #[arg(long)]
+        eviction_map: Option<PathBuf>,
+        /// Layer of the eviction map.
+        #[arg(long, default_value_t = 0)]
+        map_layer: usize,
+        /// KV head of the eviction map.
+        #[arg(long, default_value_t = 0)]
+        map_head: usize,
     },
     /// Teacher-forced perplexity of every policy and budget against the full cache.
     Eval {
@@ -169,6 +179,9 @@ fn run(cli: Cli) -> Result<()> {
             heavy_fraction,
             order,
             plain,
+            eviction_map,
+            map_layer,
+            map_head,
         } => {
             let mut sampler = generate::Sampler::new(temperature, top_p, seed)?;
             let options = generate::Options {
@@ -178,7 +191,23 @@ fn run(cli: Cli) -> Result<()> {
                 order: order.into(),
                 plain,
             };
-            let g = generate::generate(&model, &tokenizer, &mut sampler, &options)?;
+            let watch = eviction_map.as_ref().map(|_| (map_layer, map_head));
+            let (g, map) =
+                generate::generate_watching(&model, &tokenizer, &mut sampler, &options, watch)?;
+            if let Some(path) = &eviction_map {
+                let map = map.ok_or_else(|| Error::InvalidArgument {
+                    what: "eviction map (with --plain, or no such layer / KV head)",
+                    value: format!("layer {map_layer}, head {map_head}"),
+                })?;
+                let title = format!(
+                    "{} (budget {}), layer {map_layer}, KV head {map_head}",
+                    options.policy.name(),
+                    options.policy.budget()
+                );
+                map.render_svg(path, &title)
+                    .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+                eprintln!("wrote {}", path.display());
+            }
             if let generate::End::ContextFull { asked, seq_len } = g.end {
                 eprintln!(
                     "note: stopped at {seq_len} steps, not {asked}: the model's context is \

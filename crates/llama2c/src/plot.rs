@@ -11,11 +11,15 @@ use llama2c::policy::PolicyKind;
 /// Plot errors are reported as text: plotters' error type is generic over the backend.
 pub type PlotError = String;
 
-/// The three bounded policies drawn as lines: label, kind, colour.
-const LINES: [(&str, PolicyKind, RGBColor); 3] = [
+/// The bounded policies drawn as lines: label, kind, colour.
+const LINES: [(&str, PolicyKind, RGBColor); 7] = [
     ("recent (sliding window)", PolicyKind::Recent, RGBColor(31, 119, 180)),
     ("heavy only", PolicyKind::Heavy, RGBColor(214, 39, 40)),
     ("h2o (half heavy, half recent)", PolicyKind::H2o, RGBColor(44, 160, 44)),
+    ("sinks + window (StreamingLLM)", PolicyKind::Sinks, RGBColor(148, 103, 189)),
+    ("h2o + 4 sinks", PolicyKind::H2oSinks, RGBColor(140, 86, 75)),
+    ("tova", PolicyKind::Tova, RGBColor(227, 119, 194)),
+    ("mean score (half heavy)", PolicyKind::Mean, RGBColor(255, 127, 14)),
 ];
 
 /// (budget %, perplexity) of `kind`, by budget; H2O only at heavy fraction 0.5.
@@ -23,7 +27,9 @@ fn series(rows: &[Row], kind: PolicyKind) -> Vec<(f64, f64)> {
     let mut pts: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| {
-            r.spec.kind == kind && (kind != PolicyKind::H2o || r.spec.heavy_fraction == 0.5)
+            r.spec.kind == kind
+                && (!matches!(kind, PolicyKind::H2o | PolicyKind::H2oSinks | PolicyKind::Mean)
+                    || r.spec.heavy_fraction == 0.5)
         })
         .map(|r| (f64::from(r.spec.percent), r.perplexity))
         .collect();
@@ -45,7 +51,8 @@ pub fn plot(rows: &[Row], path: &Path, title: &str) -> Result<(), PlotError> {
     let root = root.titled(title, ("sans-serif", 18)).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(500);
     panel(&left, rows, full, &LINES, "all policies")?;
-    panel(&right, rows, full, &[LINES[0], LINES[2]], "zoom: recent vs h2o")?;
+    let best = [LINES[0], LINES[2], LINES[3], LINES[4], LINES[6]];
+    panel(&right, rows, full, &best, "zoom: without heavy only and tova")?;
     root.present().map_err(|e| e.to_string())?;
     Ok(())
 }

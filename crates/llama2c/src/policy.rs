@@ -4,7 +4,7 @@ use h2o_kv::{AnyPolicy, Full, H2O, Heavy, Recent};
 
 use crate::error::Result;
 
-/// The four policies of the crate.
+/// The policies of the crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PolicyKind {
     /// Keep every token (`FullCache`).
@@ -15,6 +15,15 @@ pub enum PolicyKind {
     Heavy,
     /// Heavy hitters plus a recent window (`H2OCache`).
     H2o,
+    /// 4 attention sinks plus a sliding window (`SinkWindowCache`, StreamingLLM).
+    Sinks,
+    /// H2O with 4 of its heavy slots pinned to the sinks (`H2OSinksCache`).
+    #[value(name = "h2o+sinks")]
+    H2oSinks,
+    /// The current query's weights only (`TovaCache`).
+    Tova,
+    /// H2O ranked by mean attention per step (`MeanScoreCache`).
+    Mean,
 }
 
 impl PolicyKind {
@@ -25,11 +34,16 @@ impl PolicyKind {
             Self::Recent => "recent",
             Self::Heavy => "heavy",
             Self::H2o => "h2o",
+            Self::Sinks => "sinks",
+            Self::H2oSinks => "h2o+sinks",
+            Self::Tova => "tova",
+            Self::Mean => "mean",
         }
     }
 
-    /// The policy keeping `budget` tokens per KV head; for H2O
-    /// `floor(budget × heavy_fraction)` of them are heavy hitters. A full cache
+    /// The policy keeping `budget` tokens per KV head; for H2O, H2O + sinks
+    /// and mean score `floor(budget × heavy_fraction)` of them are heavy
+    /// slots (see `h2o_kv::PolicyKind::with_budget`). A full cache
     /// ignores the budget and holds `seq_len` tokens.
     ///
     /// # Errors
@@ -50,6 +64,10 @@ impl PolicyKind {
                 }
                 policy.into()
             }
+            Self::Sinks => h2o_kv::PolicyKind::SinkWindow.with_budget(budget, heavy_fraction)?,
+            Self::H2oSinks => h2o_kv::PolicyKind::H2OSinks.with_budget(budget, heavy_fraction)?,
+            Self::Tova => h2o_kv::PolicyKind::Tova.with_budget(budget, heavy_fraction)?,
+            Self::Mean => h2o_kv::PolicyKind::MeanScore.with_budget(budget, heavy_fraction)?,
         })
     }
 }
