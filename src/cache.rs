@@ -57,6 +57,8 @@ pub struct Cache<T: Element, P: EvictionPolicy> {
     out_acc: Vec<T::Acc>,
     /// `[group_capacity × head_dim]`: outputs returned to the caller.
     out: Vec<T>,
+    /// `[group_capacity]`: running softmax statistics of the one-pass kernel.
+    online: Vec<kernels::OnlineSoftmax<T::Acc>>,
     /// Queries per attention call the scratch has room for.
     group_capacity: usize,
     /// Shape of the last computed attention: (queries, slots covered).
@@ -108,6 +110,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             weights: Vec::new(),
             out_acc: Vec::new(),
             out: Vec::new(),
+            online: Vec::new(),
             group_capacity: 0,
             last: None,
             shown_logits: Vec::new(),
@@ -210,6 +213,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         self.shown = None;
         self.out_acc = try_vec(group * self.head_dim, T::Acc::zero())?;
         self.out = try_vec(group * self.head_dim, T::default())?;
+        self.online = try_vec(group, kernels::OnlineSoftmax::new())?;
         self.group_capacity = group;
         Ok(())
     }
@@ -230,12 +234,70 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         let d = self.head_dim;
         let g = queries.len() / d;
         debug_assert!(g <= self.group_capacity);
-        let stride = self.store.slots();
         let rows = match staged {
             Some(slot) => self.store.high_water().max(slot + 1),
             None => self.store.high_water(),
         };
         self.last = None;
+        // Free slots below `rows` other than the staged one: they hold stale
+        // rows and get weight 0. Zero in steady state (an eviction frees the
+        // slot the next token is staged in) and for caches that never evict.
+        let masked = rows - self.store.len() - usize::from(staged.is_some());
+        if masked == 0 {
+            self.compute_one_pass(queries, rows)
+        } else {
+            self.compute_two_pass(queries, staged, rows, masked)
+        }?;
+        let out = &self.out_acc[..g * d];
+        if out.iter().any(|x| !x.is_finite()) {
+            return Err(Error::AttentionOverflow { what: "output" });
+        }
+        self.last = Some((g, rows));
+        Ok(())
+    }
+
+    /// Every slot below `rows` is live: logits, online softmax and the
+    /// weighted sum in one pass over the rows, then the weights for the
+    /// score table from the stored logits.
+    fn compute_one_pass(&mut self, queries: &[T], rows: usize) -> Result<()> {
+        let d = self.head_dim;
+        let g = queries.len() / d;
+        let stride = self.store.slots();
+        kernels::attention_one_pass(
+            &mut self.out_acc[..g * d],
+            &mut self.online[..g],
+            &mut self.logits,
+            stride,
+            queries,
+            self.store.keys(rows),
+            self.store.values(rows),
+            d,
+            self.scale,
+        );
+        for q in 0..g {
+            let logits = &self.logits[q * stride..][..rows];
+            if !logits.iter().fold(true, |ok, x| ok & x.is_finite()) {
+                return Err(Error::AttentionOverflow { what: "logit" });
+            }
+            let weights = &mut self.weights[q * stride..][..rows];
+            weights.copy_from_slice(logits);
+            kernels::softmax_in_place(weights);
+        }
+        Ok(())
+    }
+
+    /// Some free slots below `rows` hold stale rows: logits, masked softmax,
+    /// then the weighted sum, each a pass of its own.
+    fn compute_two_pass(
+        &mut self,
+        queries: &[T],
+        staged: Option<usize>,
+        rows: usize,
+        masked: usize,
+    ) -> Result<()> {
+        let d = self.head_dim;
+        let g = queries.len() / d;
+        let stride = self.store.slots();
         kernels::scaled_logits(
             &mut self.logits,
             stride,
@@ -244,10 +306,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             d,
             self.scale,
         );
-        // Free slots below `rows` other than the staged one: they hold stale
-        // rows and get weight 0. Zero in steady state (an eviction frees the
-        // slot the next token is staged in) and for caches that never evict.
-        let masked = rows - self.store.len() - usize::from(staged.is_some());
         for q in 0..g {
             let logits = &self.logits[q * stride..][..rows];
             // One branch-free pass; only if it fails, find out whether the
@@ -275,10 +333,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         }
         let out = &mut self.out_acc[..g * d];
         kernels::weighted_sum(out, &self.weights, stride, self.store.values(rows), d);
-        if out.iter().any(|x| !x.is_finite()) {
-            return Err(Error::AttentionOverflow { what: "output" });
-        }
-        self.last = Some((g, rows));
         Ok(())
     }
 

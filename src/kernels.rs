@@ -29,8 +29,11 @@ use num_traits::Zero;
 
 use crate::element::{Accumulator, Element};
 
+mod fused;
 #[cfg(feature = "simd")]
 mod simd;
+
+pub use fused::{OnlineSoftmax, attention_one_pass, finish_online, online_attention};
 
 /// The instruction set the f32 kernels run with on this CPU: `"avx2+fma"`
 /// when the `simd` feature is on and the CPU has AVX2 and FMA (detected once,
@@ -41,6 +44,19 @@ pub fn simd_isa() -> &'static str {
     return simd::isa();
     #[cfg(not(feature = "simd"))]
     "scalar"
+}
+
+/// The instruction set [`attention_one_pass`] runs with for rows of
+/// `head_dim` elements: `"avx512f"` with the `avx512` feature on a CPU with
+/// AVX-512 when `head_dim` is a multiple of 16, otherwise as [`simd_isa`].
+#[must_use]
+pub fn one_pass_isa(head_dim: usize) -> &'static str {
+    #[cfg(feature = "simd")]
+    if fused::uses_avx512(head_dim) {
+        return "avx512f";
+    }
+    let _ = head_dim;
+    simd_isa()
 }
 
 /// Widens f16 bit patterns to f32 with the SIMD kernels; `false` (nothing

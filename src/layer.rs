@@ -224,12 +224,7 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     pub fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
         self.check_query(query)?;
         self.check_key_value(key, value)?;
-        for h in 0..self.heads.len() {
-            let (k, v, q) = (self.row(key, h), self.row(value, h), self.group_query(query, h));
-            let head = &mut self.heads[h];
-            let slot = head.stage(k, v);
-            head.compute(q, Some(slot))?;
-        }
+        self.stage_and_compute_all(query, key, value)?;
         self.commit_all(true);
         self.heads.iter_mut().for_each(Cache::evict_to_budget);
         Ok(&self.out)
@@ -254,12 +249,47 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         Ok(&self.out)
     }
 
-    fn compute_all(&mut self, query: &[T]) -> Result<()> {
-        for h in 0..self.heads.len() {
-            let q = self.group_query(query, h);
-            self.heads[h].compute(q, None)?;
+    /// Stages each head's key and value and computes its attention, into
+    /// each head's scratch; changes no cache state. With the `rayon` feature
+    /// the heads run on the current rayon pool; the first failing head in
+    /// head order decides the error, as in the serial loop.
+    fn stage_and_compute_all(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<()> {
+        let (d, gd) = (self.head_dim, self.group_size() * self.head_dim);
+        let one = |h: usize, head: &mut Cache<T, P>| {
+            let slot = head.stage(&key[h * d..][..d], &value[h * d..][..d]);
+            head.compute(&query[h * gd..][..gd], Some(slot))
+        };
+        #[cfg(feature = "rayon")]
+        if self.heads.len() > 1 {
+            use rayon::prelude::*;
+            let failed = self
+                .heads
+                .par_iter_mut()
+                .enumerate()
+                .map(|(h, head)| one(h, head))
+                .find_first(Result::is_err);
+            return failed.unwrap_or(Ok(()));
         }
-        Ok(())
+        self.heads.iter_mut().enumerate().try_for_each(|(h, head)| one(h, head))
+    }
+
+    /// Computes every head's attention over its resident tokens (no
+    /// staging); parallel over heads as [`Self::stage_and_compute_all`].
+    fn compute_all(&mut self, query: &[T]) -> Result<()> {
+        let gd = self.group_size() * self.head_dim;
+        let one = |h: usize, head: &mut Cache<T, P>| head.compute(&query[h * gd..][..gd], None);
+        #[cfg(feature = "rayon")]
+        if self.heads.len() > 1 {
+            use rayon::prelude::*;
+            let failed = self
+                .heads
+                .par_iter_mut()
+                .enumerate()
+                .map(|(h, head)| one(h, head))
+                .find_first(Result::is_err);
+            return failed.unwrap_or(Ok(()));
+        }
+        self.heads.iter_mut().enumerate().try_for_each(|(h, head)| one(h, head))
     }
 
     /// Attends with `query` `[n_heads × head_dim]` over every head's resident

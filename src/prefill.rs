@@ -9,7 +9,9 @@
 //! order, evicting the rest at once.
 //!
 //! The chunk's keys and values are read from the caller's slices while the
-//! attention runs; only kept tokens are copied into slots. [`plan`] computes
+//! attention runs; only kept tokens are copied into slots. The attention runs
+//! on tiles of query tokens with the one-pass kernel (online softmax), so its
+//! scratch is a tile's logits, `[tile × (resident + P)]`, never `[P × P]`. [`plan`] computes
 //! everything into scratch and changes nothing; [`commit`] cannot fail.
 
 use smallvec::SmallVec;
@@ -17,11 +19,14 @@ use smallvec::SmallVec;
 use crate::cache::Cache;
 use crate::element::{Accumulator, Element, first_non_finite};
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::kernels::{self, OnlineSoftmax};
 use crate::policy::{Candidate, EvictionPolicy};
 use crate::store::SlotState;
 use crate::store::try_vec;
 use num_traits::{Float, Zero};
+
+/// Query tokens per tile of the prefill's attention.
+const TILE: usize = 16;
 
 /// The result of a prefill's attention, not yet applied to the cache.
 #[derive(Debug)]
@@ -71,9 +76,14 @@ pub(crate) fn plan<T: Element, P: EvictionPolicy>(
     let hw = store.high_water();
     let width = hw + p;
     let zero = T::Acc::zero();
-    let mut weights = try_vec(group * width, zero)?;
-    let mut out_resident = try_vec(row, zero)?;
-    let mut out_chunk = try_vec(row, zero)?;
+    // Tiles of `TILE` query tokens: each tile streams the key/value rows it
+    // sees once for all its queries, and the scratch is `[TILE·g × width]`
+    // logits, not `[P × P]`.
+    let tq = TILE.min(p) * group;
+    let mut logits = try_vec(tq * width, zero)?;
+    let mut weights = try_vec(width, zero)?;
+    let mut acc = try_vec(tq * d, zero)?;
+    let mut state = try_vec(tq, OnlineSoftmax::new())?;
     let mut plan = Plan {
         tokens: p,
         resident_gain: try_vec(hw, 0.0)?,
@@ -81,38 +91,72 @@ pub(crate) fn plan<T: Element, P: EvictionPolicy>(
         outputs: try_vec(p * row, T::default())?,
     };
     let scale = cache.scale_acc();
-    for i in 0..p {
-        let q_i = &queries[i * row..][..row];
-        let seen = hw + i + 1;
-        kernels::scaled_logits(&mut weights, width, q_i, store.keys(hw), d, scale);
-        kernels::scaled_logits(&mut weights[hw..], width, q_i, &keys[..(i + 1) * d], d, scale);
-        for q in 0..group {
-            let w = &mut weights[q * width..][..seen];
-            for (s, x) in w.iter_mut().enumerate() {
-                if s < hw && store.state(s) == SlotState::Free {
-                    *x = T::Acc::neg_infinity();
-                } else if !x.is_finite() {
+    let free = |s: usize| store.state(s) == SlotState::Free;
+    for i0 in (0..p).step_by(TILE) {
+        let i1 = (i0 + TILE).min(p);
+        let nq = (i1 - i0) * group;
+        let qs = &queries[i0 * row..i1 * row];
+        let (acc, state) = (&mut acc[..nq * d], &mut state[..nq]);
+        acc.iter_mut().for_each(|x| *x = zero);
+        state.iter_mut().for_each(|x| *x = OnlineSoftmax::new());
+        // Resident tokens, one run of live slots at a time; free slots get
+        // logit −∞ (weight 0).
+        let mut s = 0;
+        while s < hw {
+            if free(s) {
+                (0..nq).for_each(|q| logits[q * width + s] = T::Acc::neg_infinity());
+                s += 1;
+                continue;
+            }
+            let e = (s..hw).find(|&x| free(x)).unwrap_or(hw);
+            let (k, v) = (&store.keys(e)[s * d..], &store.values(e)[s * d..]);
+            kernels::online_attention(acc, state, &mut logits[s..], width, qs, k, v, d, scale);
+            s = e;
+        }
+        // Chunk tokens before the tile: seen by every query of the tile.
+        let (k, v) = (&keys[..i0 * d], &values[..i0 * d]);
+        kernels::online_attention(acc, state, &mut logits[hw..], width, qs, k, v, d, scale);
+        // The tile's own tokens: token `i` sees `i0..=i`.
+        for i in i0..i1 {
+            let a = (i - i0) * group;
+            let (k, v) = (&keys[i0 * d..(i + 1) * d], &values[i0 * d..(i + 1) * d]);
+            kernels::online_attention(
+                &mut acc[a * d..(a + group) * d],
+                &mut state[a..a + group],
+                &mut logits[a * width + hw + i0..],
+                width,
+                &queries[i * row..][..row],
+                k,
+                v,
+                d,
+                scale,
+            );
+        }
+        kernels::finish_online(acc, state, d);
+        for i in i0..i1 {
+            let seen = hw + i + 1;
+            for q in 0..group {
+                let l = &logits[((i - i0) * group + q) * width..][..seen];
+                if l.iter().enumerate().any(|(s, x)| !x.is_finite() && !(s < hw && free(s))) {
                     return Err(Error::AttentionOverflow { what: "logit" });
                 }
+                let w = &mut weights[..seen];
+                w.copy_from_slice(l);
+                kernels::softmax_in_place(w);
+                for (gain, x) in plan.resident_gain.iter_mut().zip(&w[..hw]) {
+                    *gain += x.widen();
+                }
+                for (score, x) in plan.chunk_scores.iter_mut().zip(&w[hw..]) {
+                    *score += x.widen();
+                }
             }
-            kernels::softmax_in_place(w);
-            for (gain, x) in plan.resident_gain.iter_mut().zip(&w[..hw]) {
-                *gain += x.widen();
+            let a = (i - i0) * row;
+            for (o, x) in plan.outputs[i * row..][..row].iter_mut().zip(&acc[a..][..row]) {
+                if !x.is_finite() {
+                    return Err(Error::AttentionOverflow { what: "output" });
+                }
+                *o = T::from_acc(*x);
             }
-            for (score, x) in plan.chunk_scores.iter_mut().zip(&w[hw..]) {
-                *score += x.widen();
-            }
-        }
-        kernels::weighted_sum(&mut out_resident, &weights, width, store.values(hw), d);
-        kernels::weighted_sum(&mut out_chunk, &weights[hw..], width, &values[..(i + 1) * d], d);
-        for ((o, a), b) in
-            plan.outputs[i * row..][..row].iter_mut().zip(&out_resident).zip(&out_chunk)
-        {
-            let sum = *a + *b;
-            if !sum.is_finite() {
-                return Err(Error::AttentionOverflow { what: "output" });
-            }
-            *o = T::from_acc(sum);
         }
     }
     Ok(plan)
