@@ -187,11 +187,6 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         self.heads.iter().try_for_each(|h| h.check_room(1))
     }
 
-    fn group_query<'q>(&self, query: &'q [T], h: usize) -> &'q [T] {
-        let g = self.group_size() * self.head_dim;
-        &query[h * g..][..g]
-    }
-
     fn row<'x>(&self, x: &'x [T], h: usize) -> &'x [T] {
         &x[h * self.head_dim..][..self.head_dim]
     }

@@ -79,6 +79,8 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "simd")]
+mod arch;
 mod cache;
 mod element;
 mod error;

@@ -23,7 +23,8 @@
 
 use num_traits::Zero;
 
-use super::{Accumulator, Element, WIDEN};
+use super::widen::WIDEN;
+use crate::element::{Accumulator, Element};
 
 #[cfg(feature = "simd")]
 mod simd;
@@ -300,7 +301,7 @@ fn online_scalar<A: Accumulator>(
         for (q, query) in queries.chunks_exact(d).enumerate() {
             let l = &mut logits[q * stride + b * BLOCK..][..rows];
             for (x, key) in l.iter_mut().zip(kb.chunks_exact(d)) {
-                *x = super::dot_acc(query, key) * scale;
+                *x = super::scalar::dot_acc(query, key) * scale;
             }
             let block_max = l.iter().fold(A::neg_infinity(), |m, &x| if x > m { x } else { m });
             let out = &mut acc[q * d..][..d];
@@ -319,13 +320,13 @@ fn online_scalar<A: Accumulator>(
             for v4 in &mut four {
                 let w = [p[r], p[r + 1], p[r + 2], p[r + 3]];
                 if w.iter().any(|&x| x != zero) {
-                    super::axpy4(out, w, super::rows4(v4, d));
+                    super::scalar::axpy4(out, w, super::rows4(v4, d));
                 }
                 r += 4;
             }
             for v in four.remainder().chunks_exact(d) {
                 if p[r] != zero {
-                    super::axpy(out, p[r], v);
+                    super::scalar::axpy(out, p[r], v);
                 }
                 r += 1;
             }
@@ -341,7 +342,7 @@ mod tests {
     /// Runs `f` on the scalar kernels.
     #[cfg(feature = "simd")]
     fn scalar<R>(f: impl FnOnce() -> R) -> R {
-        crate::kernels::simd::tests::scalar(f)
+        crate::arch::tests::scalar(f)
     }
 
     #[cfg(not(feature = "simd"))]

@@ -13,7 +13,8 @@
 use pulp::{Simd, WithSimd};
 
 use super::BLOCK;
-use crate::kernels::simd::{arch, axpy_rows, dot_rows, exp_lanes, exp_one};
+use crate::arch::arch;
+use crate::kernels::simd::{axpy_rows, dot_rows, exp_lanes, exp_one};
 
 /// Whether the SIMD pass can run here (AVX2 + FMA, and not switched off by a
 /// test).
