@@ -60,7 +60,7 @@ pub(super) fn online(
     #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
     if uses_avx512(d) {
         if let Some(v4) = v4() {
-            v4.vectorize(op);
+            Simd::vectorize(v4, op);
             return;
         }
     }
