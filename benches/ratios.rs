@@ -118,9 +118,10 @@ fn kernel_ratio(g: usize, n: usize) {
     let k = common::data::<f32>(n * D, 2);
     let v = common::data::<f32>(n * D, 3);
     let scale = 1.0 / (D as f32).sqrt();
-    let mut logits = vec![0.0f32; g * n];
-    let mut weights = vec![0.0f32; g * n];
-    let mut out = vec![0.0f32; g * D];
+    // Separate scratch per side: the two closures are alive together.
+    let (mut logits, mut weights, mut out) =
+        (vec![0.0f32; g * n], vec![0.0f32; g * n], vec![0.0f32; g * D]);
+    let (mut logits2, mut weights2, mut out2) = (logits.clone(), weights.clone(), out.clone());
     let mut state = vec![OnlineSoftmax::new(); g];
     let r = interleaved(
         |it| {
@@ -148,13 +149,13 @@ fn kernel_ratio(g: usize, n: usize) {
         |it| {
             let t = Instant::now();
             for _ in 0..it {
-                kernels::scaled_logits(&mut logits, n, &q, &k, D, scale);
-                weights.copy_from_slice(&logits);
-                for row in weights.chunks_exact_mut(n) {
+                kernels::scaled_logits(&mut logits2, n, &q, &k, D, scale);
+                weights2.copy_from_slice(&logits2);
+                for row in weights2.chunks_exact_mut(n) {
                     kernels::softmax_in_place(row);
                 }
-                kernels::weighted_sum(&mut out, &weights, n, &v, D);
-                black_box(&out);
+                kernels::weighted_sum(&mut out2, &weights2, n, &v, D);
+                black_box(&out2);
             }
             t.elapsed()
         },

@@ -258,9 +258,10 @@ fn online_acc<A: Accumulator>(
     online_scalar(acc, state, logits, stride, queries, keys, values, d, scale);
 }
 
-/// Queries whose statistics the SIMD pass keeps on the stack at once.
+/// Queries whose statistics and block logits the SIMD pass keeps on the
+/// stack at once (each chunk streams the rows once).
 #[cfg(feature = "simd")]
-const QCHUNK: usize = 32;
+const QCHUNK: usize = 16;
 
 /// An f32 accumulator value as f32 (exact: `A` is f32 where this is called).
 #[cfg(feature = "simd")]

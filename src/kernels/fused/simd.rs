@@ -121,49 +121,110 @@ fn exp_block<S: Simd>(simd: S, row: &mut [f32], max: f32) -> f32 {
 /// Value rows added per pass over an output row.
 const VROWS: usize = 8;
 
+/// Logits of `queries` against the `BLOCK` key rows of `kblk`, into `s`
+/// (one row of `BLOCK` per query) and the logits matrix at column `r0`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_logits<S: Simd>(
+    simd: S,
+    s: &mut [[f32; BLOCK]],
+    logits: &mut [f32],
+    stride: usize,
+    r0: usize,
+    queries: &[f32],
+    kblk: &[f32],
+    d: usize,
+    scale: f32,
+) {
+    for ((q, query), row) in queries.chunks_exact(d).enumerate().zip(s.iter_mut()) {
+        for j in 0..BLOCK / 4 {
+            let (k4, _) = kblk[4 * j * d..].split_at(4 * d);
+            let (a, rest) = k4.split_at(d);
+            let (b, rest) = rest.split_at(d);
+            let (c, e) = rest.split_at(d);
+            let dots = dot_rows::<S, 4>(simd, query, [a, b, c, e]);
+            for i in 0..4 {
+                row[4 * j + i] = dots[i] * scale;
+            }
+        }
+        logits[q * stride + r0..][..BLOCK].copy_from_slice(row);
+    }
+}
+
+/// The largest of `BLOCK` logits, in vector maxima.
+#[inline(always)]
+fn block_max<S: Simd>(simd: S, row: &[f32; BLOCK]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(row);
+    let mut m = tail.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    if let Some((first, rest)) = head.split_first() {
+        let v = rest.iter().fold(*first, |a, b| simd.max_f32s(a, *b));
+        let h = simd.reduce_max_f32s(v);
+        m = if h > m { h } else { m };
+    }
+    m
+}
+
 impl WithSimd for Online<'_> {
     type Output = ();
     #[inline(always)]
     fn with_simd<S: Simd>(self, simd: S) {
         let Self { acc, max, sum, logits, stride, queries, keys, values, d, scale } = self;
-        let mut kb = keys.chunks_exact(BLOCK * d);
-        let mut vb = values.chunks_exact(BLOCK * d);
-        let mut r0 = 0;
-        for (kblk, vblk) in (&mut kb).zip(&mut vb) {
-            let k: [&[f32]; BLOCK] = core::array::from_fn(|i| &kblk[i * d..][..d]);
-            let v: [&[f32]; BLOCK] = core::array::from_fn(|i| &vblk[i * d..][..d]);
-            for (q, query) in queries.chunks_exact(d).enumerate() {
-                let mut s = [0.0f32; BLOCK];
-                for j in 0..BLOCK / 4 {
-                    let dots = dot_rows::<S, 4>(
-                        simd,
-                        query,
-                        [k[4 * j], k[4 * j + 1], k[4 * j + 2], k[4 * j + 3]],
-                    );
-                    for i in 0..4 {
-                        s[4 * j + i] = dots[i] * scale;
-                    }
-                }
-                logits[q * stride + r0..][..BLOCK].copy_from_slice(&s);
-                let block_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        let g = queries.len() / d;
+        debug_assert!(g <= super::QCHUNK);
+        let full = keys.len() / (BLOCK * d);
+        // Software pipelined: the logits of block `b + 1` are computed before
+        // the softmax update and the weighted sum of block `b`, so the
+        // latency chain of the update (maximum, exponentials) overlaps with
+        // independent multiply-adds.
+        // Double-buffered block logits, swapped by index (not by copying).
+        let mut bufs = [[[0.0f32; BLOCK]; super::QCHUNK]; 2];
+        if full > 0 {
+            let first = &mut bufs[0][..g];
+            block_logits(simd, first, logits, stride, 0, queries, &keys[..BLOCK * d], d, scale);
+        }
+        for b in 0..full {
+            let r0 = b * BLOCK;
+            let (lo, hi) = bufs.split_at_mut(1);
+            let (cur, next) = if b % 2 == 0 { (&mut lo[0], &mut hi[0]) } else { (&mut hi[0], &mut lo[0]) };
+            if b + 1 < full {
+                let kblk = &keys[(r0 + BLOCK) * d..][..BLOCK * d];
+                block_logits(simd, &mut next[..g], logits, stride, r0 + BLOCK, queries, kblk, d, scale);
+            }
+            // Softmax update of every query first (independent chains), then
+            // the weighted value rows.
+            for q in 0..g {
                 let out = &mut acc[q * d..][..d];
-                raise(simd, &mut max[q], &mut sum[q], out, block_max);
+                let bm = block_max(simd, &cur[q]);
+                raise(simd, &mut max[q], &mut sum[q], out, bm);
                 if max[q] == f32::NEG_INFINITY {
+                    cur[q] = [0.0; BLOCK];
                     continue;
                 }
-                sum[q] += exp_block(simd, &mut s, max[q]);
+                sum[q] += exp_block(simd, &mut cur[q], max[q]);
+            }
+            let vblk = &values[r0 * d..][..BLOCK * d];
+            for q in 0..g {
+                let out = &mut acc[q * d..][..d];
                 for h in 0..BLOCK / VROWS {
-                    let w: [f32; VROWS] = core::array::from_fn(|i| s[h * VROWS + i]);
+                    let w = &cur[q][h * VROWS..][..VROWS];
                     if w.iter().any(|&x| x != 0.0) {
-                        let rows: [&[f32]; VROWS] = core::array::from_fn(|i| v[h * VROWS + i]);
-                        axpy_rows::<S, VROWS>(simd, out, w, rows);
+                        let w = [w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]];
+                        let vb = &vblk[h * VROWS * d..][..VROWS * d];
+                        let (v0, vb) = vb.split_at(d);
+                        let (v1, vb) = vb.split_at(d);
+                        let (v2, vb) = vb.split_at(d);
+                        let (v3, vb) = vb.split_at(d);
+                        let (v4, vb) = vb.split_at(d);
+                        let (v5, vb) = vb.split_at(d);
+                        let (v6, v7) = vb.split_at(d);
+                        axpy_rows::<S, VROWS>(simd, out, w, [v0, v1, v2, v3, v4, v5, v6, v7]);
                     }
                 }
             }
-            r0 += BLOCK;
         }
         // The last partial block, one row at a time.
-        let (kr, vr) = (kb.remainder(), vb.remainder());
+        let r0 = full * BLOCK;
+        let (kr, vr) = (&keys[r0 * d..], &values[r0 * d..]);
         let rows = kr.len() / d;
         if rows == 0 {
             return;
@@ -175,9 +236,9 @@ impl WithSimd for Online<'_> {
             }
             let s = &mut s[..rows];
             logits[q * stride + r0..][..rows].copy_from_slice(s);
-            let block_max = s.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+            let bm = s.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
             let out = &mut acc[q * d..][..d];
-            raise(simd, &mut max[q], &mut sum[q], out, block_max);
+            raise(simd, &mut max[q], &mut sum[q], out, bm);
             if max[q] == f32::NEG_INFINITY {
                 continue;
             }
