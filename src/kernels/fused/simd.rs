@@ -185,10 +185,21 @@ impl WithSimd for Online<'_> {
         for b in 0..full {
             let r0 = b * BLOCK;
             let (lo, hi) = bufs.split_at_mut(1);
-            let (cur, next) = if b % 2 == 0 { (&mut lo[0], &mut hi[0]) } else { (&mut hi[0], &mut lo[0]) };
+            let (cur, next) =
+                if b % 2 == 0 { (&mut lo[0], &mut hi[0]) } else { (&mut hi[0], &mut lo[0]) };
             if b + 1 < full {
                 let kblk = &keys[(r0 + BLOCK) * d..][..BLOCK * d];
-                block_logits(simd, &mut next[..g], logits, stride, r0 + BLOCK, queries, kblk, d, scale);
+                block_logits(
+                    simd,
+                    &mut next[..g],
+                    logits,
+                    stride,
+                    r0 + BLOCK,
+                    queries,
+                    kblk,
+                    d,
+                    scale,
+                );
             }
             // Softmax update of every query first (independent chains), then
             // the weighted value rows.
