@@ -116,6 +116,22 @@ pub enum Error {
         /// Key/value heads.
         n_kv_heads: usize,
     },
+    /// A [`Staged`](crate::Staged) slot handed to
+    /// [`Planner::insert`](crate::Planner::insert) after the planner changed
+    /// (another insert, an eviction or a reset since
+    /// [`Planner::stage`](crate::Planner::stage)).
+    #[error("the staged slot is stale: the planner changed since it was staged; stage again")]
+    StaleStage,
+    /// An attention weight handed to
+    /// [`Planner::add_weights`](crate::Planner::add_weights) is negative or
+    /// not finite (softmax weights lie in `[0, 1]`).
+    #[error("attention weight {index} is {value}, expected a finite value >= 0")]
+    InvalidWeight {
+        /// Index into the weights.
+        index: usize,
+        /// The value, widened to f64.
+        value: f64,
+    },
     /// A snapshot ends before its declared contents (cut off in transit or
     /// on disk).
     #[error("snapshot is truncated: {needed} bytes needed, {got} present")]

@@ -87,20 +87,21 @@ mod error;
 pub mod kernels;
 mod kv_cache;
 mod layer;
+mod order;
+mod planner;
 pub mod policy;
-mod prefill;
 pub mod snapshot;
-mod store;
 
-pub use cache::{AttentionEntry, Cache, MAX_HEAD_DIM};
+pub use cache::{AttentionEntry, Cache, FullCache, H2OCache, HeavyOnly, MAX_HEAD_DIM, RecentOnly};
 pub use element::{Accumulator, Element};
 pub use error::{Error, Result};
-pub use kv_cache::{KvCache, Token, Tokens};
-pub use layer::LayerCache;
+pub use kv_cache::KvCache;
+pub use layer::{EvictedByHead, LayerCache};
+pub use order::{StepOrder, UnknownName};
+pub use planner::{Evicted, Planner, PrefillStats, Staged, Token, Tokens};
 #[doc(inline)]
 pub use policy::{
-    AnyPolicy, Candidate, EvictionPolicy, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly,
-    MAX_BUDGET, Recent, RecentOnly, TieRule,
+    AnyPolicy, Candidate, EvictionPolicy, Full, H2O, Heavy, MAX_BUDGET, PolicyKind, Recent, TieRule,
 };
 pub use snapshot::{SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy};
 

@@ -125,7 +125,10 @@ fn check<T: Real>(c: &Case, stats: &Stats) -> Result<(), String> {
         let t = &tokens[i];
         let (got, (want, tol)) = match c.mode {
             Mode::Document => {
-                let got = cache.step_document_order(&t.q, &t.k, &t.v).unwrap().to_vec();
+                let got = cache
+                    .step_with(h2o_kv::StepOrder::AttendInsertEvict, &t.q, &t.k, &t.v)
+                    .unwrap()
+                    .to_vec();
                 (got, naive.row(&wide(&t.q), i))
             }
             _ => (cache.step(&t.q, &t.k, &t.v).unwrap().to_vec(), naive.row(&wide(&t.q), i + 1)),

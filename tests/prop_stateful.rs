@@ -1,5 +1,5 @@
 //! Stateful property test (issue 5, item 2): random interleavings of `step`,
-//! `step_document_order`, `attend`, `insert`, `evict`, `prefill` and `reset`
+//! `step_with(AttendInsertEvict)`, `attend`, `insert`, `evict`, `prefill` and `reset`
 //! over all four policies (own types and `AnyPolicy`, single heads through
 //! `Box<dyn KvCache<T>>` and GQA layers), f32 and f64, checked after every
 //! call against the brute-force model of `tests/common/brute.rs`:

@@ -29,7 +29,7 @@ fn op(c: &mut dyn KvCache<f32>, rng: &mut Rng) -> String {
         }
         9..=10 => {
             let (q, k, v) = (rng.vec(d), rng.vec(d), rng.vec(d));
-            format!("{:?}", c.step_document_order(&q, &k, &v).map(bits))
+            format!("{:?}", c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).map(bits))
         }
         11 => {
             let (k, v) = (rng.vec(d), rng.vec(d));

@@ -25,7 +25,10 @@ fn random_op<T: Element>(c: &mut dyn KvCache<T>, rng: &mut Rng) -> String {
         }
         10..=11 => {
             let (q, k, v) = (rng.vec(d), rng.vec(d), rng.vec(d));
-            format!("doc {:?}", c.step_document_order(&q, &k, &v).map(bits))
+            format!(
+                "doc {:?}",
+                c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).map(bits)
+            )
         }
         12..=13 => {
             let (k, v) = (rng.vec(d), rng.vec(d));

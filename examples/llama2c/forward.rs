@@ -283,7 +283,7 @@ impl<'m> Decoder<'m> {
             let out = match &mut self.kv {
                 Kv::Caches(layers, StepOrder::Transformer) => layers[l].step(q, k, v)?,
                 Kv::Caches(layers, StepOrder::Document) => {
-                    layers[l].step_document_order(q, k, v)?
+                    layers[l].step_with(h2o_kv::StepOrder::AttendInsertEvict, q, k, v)?
                 }
                 Kv::Plain(p) => p.step(m, l, q, k, v),
             };

@@ -62,7 +62,7 @@ impl<T: SnapshotElement, P: SnapshotPolicy> LayerCache<T, P> {
             .and_then(|l| l.with_scale(first.scale))
             .map_err(config_error)?;
         for (cache, head) in layer.heads_mut().iter_mut().zip(&heads) {
-            apply(cache, head);
+            apply(cache, head)?;
         }
         Ok(layer)
     }

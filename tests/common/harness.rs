@@ -72,7 +72,7 @@ impl<T: Element, C: KvCache<T>> Subject<T> for Single<C> {
         self.0.step(q, k, v).map(<[T]>::to_vec)
     }
     fn step_document_order(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
-        self.0.step_document_order(q, k, v).map(<[T]>::to_vec)
+        self.0.step_with(h2o_kv::StepOrder::AttendInsertEvict, q, k, v).map(<[T]>::to_vec)
     }
     fn prefill(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
         let mut out = vec![T::default(); q.len()];
@@ -107,7 +107,7 @@ impl<T: Element, P: EvictionPolicy> Subject<T> for Layer<T, P> {
         self.0.step(q, k, v).map(<[T]>::to_vec)
     }
     fn step_document_order(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
-        self.0.step_document_order(q, k, v).map(<[T]>::to_vec)
+        self.0.step_with(h2o_kv::StepOrder::AttendInsertEvict, q, k, v).map(<[T]>::to_vec)
     }
     fn prefill(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
         let mut out = vec![T::default(); q.len()];
