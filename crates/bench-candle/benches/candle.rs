@@ -34,7 +34,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::kv_cache::{KvCache as CandleKv, RotatingKvCache};
 use h2o_kv::{Full, LayerCache, Recent};
 
