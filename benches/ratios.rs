@@ -244,6 +244,39 @@ fn main() {
     }
     drop((gqa, floor));
 
+    // Prefill of a 2048-token prompt into a full cache (tiles of 16 query
+    // tokens, one-pass kernel) against one read of the bytes it must touch:
+    // queries, keys, values and outputs (4 × P × 128 f32).
+    let p = if quick() { 512 } else { 2048 };
+    let (q, k, v) = (
+        common::data::<f32>(p * D, 1),
+        common::data::<f32>(p * D, 2),
+        common::data::<f32>(p * D, 3),
+    );
+    let mut out = vec![0.0f32; p * D];
+    let mut cache = h2o_kv::FullCache::<f32>::new(D, p).unwrap();
+    let floor = Floor::new(2, p);
+    let r = interleaved(
+        |it| {
+            let mut total = Duration::ZERO;
+            for _ in 0..it {
+                h2o_kv::KvCache::reset(&mut cache);
+                let t = Instant::now();
+                h2o_kv::KvCache::prefill(&mut cache, &q, &k, &v, &mut out).unwrap();
+                total += t.elapsed();
+            }
+            total
+        },
+        |it| floor.run(it),
+    );
+    report(
+        &format!("prefill/read floor (full, {p} tokens, its q k v out bytes)"),
+        &r,
+        "none (info)",
+        true,
+    );
+    drop(floor);
+
     // Where the one-pass kernel wins and where it does not.
     for g in [1, 4] {
         for n in [64, 512, mid, long] {

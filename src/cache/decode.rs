@@ -19,10 +19,11 @@ use crate::planner::{EvictFirst, SlotState, Staged};
 use crate::policy::EvictionPolicy;
 
 /// Key + value bytes from which a decode step uses the one-pass kernel (when
-/// no slot is masked): 2 MiB, the L2 cache of one core on the reference
-/// machine. Below it the rows come from cache, where the two-pass kernels
-/// (a little less arithmetic per row) measured as fast or faster; above it
-/// the one-pass kernel reads each row once from memory. See `BENCHMARKS.md`.
+/// no slot is masked): 2 MiB, twice the L2 cache of one core on the
+/// reference machine (Zen 4, 1 MiB per core). Below it the rows come from
+/// cache, where the two-pass kernels (a little less arithmetic per row)
+/// measured as fast or a little faster; above it the one-pass kernel reads
+/// each row once from memory. See `BENCHMARKS.md`.
 const ONE_PASS_MIN_BYTES: usize = 2 << 20;
 
 /// Which slots an attention covers: the resident tokens, plus a staged
