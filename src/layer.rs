@@ -31,6 +31,13 @@ use crate::policy::EvictionPolicy;
 /// Every call checks all heads before it changes any: an `Err` leaves the
 /// whole layer as it was.
 ///
+/// With the `rayon` feature, `step`, `step_with` and `attend` compute the KV
+/// heads in parallel on the current rayon pool (call them inside
+/// `pool.install` to choose the pool); the results are bit-identical to the
+/// serial loop, and the error reported is the first failing head's in head
+/// order. Run the decode loop inside the pool: a call from outside any pool
+/// queues a job on rayon's global injector, which allocates now and then.
+///
 /// # Example
 /// ```
 /// use h2o_kv::{H2O, LayerCache};
