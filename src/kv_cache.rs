@@ -23,7 +23,7 @@ use crate::planner::Tokens;
 /// evict-insert-attend (attention over exactly the budget, for models
 /// trained with a sliding window). `docs/semantics.md §2` has the table.
 ///
-/// # Invariants
+/// # Invariants (`docs/semantics.md §4`, §10)
 /// 1. `len() <= budget()` after every call that evicts; `insert` alone can
 ///    take an evicting cache one token over its budget, never more.
 /// 2. The newest `recent_window` tokens (policy-defined) are never evicted.
@@ -72,7 +72,9 @@ pub trait KvCache<T: Element>: Debug + Send {
 
     /// The position the next inserted token will get (tokens inserted so
     /// far, including evicted ones). Apply RoPE at this position before
-    /// inserting its key.
+    /// inserting its key (`docs/semantics.md §7`: positions are absolute, so
+    /// decoding past a model's trained context with an evicting policy
+    /// reaches positions it was never trained on).
     fn next_position(&self) -> u64;
 
     /// The policy's short name (`"full"`, `"recent"`, `"heavy"`, `"h2o"`).
@@ -112,6 +114,8 @@ pub trait KvCache<T: Element>: Debug + Send {
     ///
     /// # Complexity
     /// One scan over the eviction candidates per evicted token: O(budget).
+    /// A [`prefill`](Self::prefill) evicts all its excess at once, with one
+    /// sort by the same order.
     fn evict(&mut self) -> &[u64];
 
     /// One decode step in the default order: insert → attend → evict
@@ -137,7 +141,8 @@ pub trait KvCache<T: Element>: Debug + Send {
     /// sees every resident token and prompt tokens `0..=i`), each token's score
     /// gains its column sum, outputs are written to `out`, then the cache
     /// evicts once down to the budget (keeping the `recent` newest and the
-    /// highest-scoring others).
+    /// highest-scoring others; `docs/semantics.md §3`; a decode step's
+    /// eviction is [`evict`](Self::evict)).
     ///
     /// Prompt row `i` becomes the token at position `next_position() + i`
     /// (read before the call): apply RoPE to its query and key there.

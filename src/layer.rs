@@ -19,7 +19,7 @@ use crate::policy::EvictionPolicy;
 ///   whole group of `g` query heads.
 /// - A KV head's accumulated score for a token is the **sum** of its `g` query
 ///   heads' softmax weights (the mean gives the same decisions, since each KV
-///   head evicts on its own).
+///   head evicts on its own; `docs/semantics.md §6`).
 /// - Each KV head evicts independently, so different heads may keep different
 ///   positions (as in the authors' code, per head).
 ///
@@ -65,12 +65,17 @@ pub struct LayerCache<T: Element, P: EvictionPolicy> {
     pending: Pending,
 }
 
-/// One head's work between the phases of a layer call.
+/// One head's work between the check phase and the commit phase of a layer
+/// call: what the commit needs, by step order.
 #[derive(Debug)]
-struct HeadWork {
-    staged: Option<Staged>,
-    evict_first: Option<EvictFirst>,
-    computed: Computed,
+enum HeadWork {
+    /// Insert-attend-evict: the staged slot, then the attention.
+    Insert(Staged, Computed),
+    /// Attend-insert-evict (and plain `attend`, with no slot): the attention,
+    /// then the staged slot.
+    Attend(Option<Staged>, Computed),
+    /// Evict-insert-attend: the planned evictions and slot, then the attention.
+    Evict(EvictFirst, Computed),
 }
 
 /// Room for one [`HeadWork`] per KV head, allocated once: a clone keeps the
@@ -294,18 +299,18 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
                 StepOrder::InsertAttendEvict => {
                     let staged = head.stage(k, v)?;
                     let computed = head.compute(q, Cover::with(&staged))?;
-                    HeadWork { staged: Some(staged), evict_first: None, computed }
+                    HeadWork::Insert(staged, computed)
                 }
                 StepOrder::AttendInsertEvict => {
                     let staged = head.stage(k, v)?;
                     let computed = head.compute(q, Cover::RESIDENT)?;
-                    HeadWork { staged: Some(staged), evict_first: None, computed }
+                    HeadWork::Attend(Some(staged), computed)
                 }
                 StepOrder::EvictInsertAttend => {
                     let plan = head.stage_evict_first(k, v)?;
                     let cover = Cover { staged: Some(plan.staged.slot()), gone: &plan.victims };
                     let computed = head.compute(q, cover)?;
-                    HeadWork { staged: None, evict_first: Some(plan), computed }
+                    HeadWork::Evict(plan, computed)
                 }
             })
         };
@@ -313,32 +318,32 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         // Nothing can fail from here on.
         let g = self.group_size() * self.head_dim;
         for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
-            let Ok(HeadWork { staged, evict_first, computed }) = work else {
-                unreachable!("run_heads returned the first error")
-            };
-            let out = match order {
-                StepOrder::InsertAttendEvict => {
-                    head.commit_insert(staged.expect("staged in the check phase"));
+            // `run_heads` returned `Ok`, so every entry is `Ok`.
+            let Ok(work) = work else { continue };
+            let out = match work {
+                HeadWork::Insert(staged, computed) => {
+                    head.commit_insert(staged);
+                    head.commit_attention(computed)
+                }
+                HeadWork::Attend(staged, computed) => {
                     let out = head.commit_attention(computed);
                     self.out[h * g..][..g].copy_from_slice(out);
+                    if let Some(staged) = staged {
+                        head.commit_insert_after_attention(staged);
+                    }
                     head.evict_to_budget();
                     continue;
                 }
-                StepOrder::AttendInsertEvict => {
-                    let out = head.commit_attention(computed);
-                    self.out[h * g..][..g].copy_from_slice(out);
-                    head.commit_insert_after_attention(staged.expect("staged in the check phase"));
-                    head.evict_to_budget();
-                    continue;
-                }
-                StepOrder::EvictInsertAttend => {
-                    let EvictFirst { victims, staged } = evict_first.expect("planned");
+                HeadWork::Evict(EvictFirst { victims, staged }, computed) => {
                     head.commit_insert(staged);
                     head.commit_evictions(&victims);
                     head.commit_attention(computed)
                 }
             };
             self.out[h * g..][..g].copy_from_slice(out);
+            if order == StepOrder::InsertAttendEvict {
+                head.evict_to_budget();
+            }
         }
         Ok(&self.out)
     }
@@ -354,15 +359,18 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         let gd = self.group_size() * self.head_dim;
         let one = |h: usize, head: &mut Cache<T, P>| -> Result<HeadWork> {
             let computed = head.compute(&query[h * gd..][..gd], Cover::RESIDENT)?;
-            Ok(HeadWork { staged: None, evict_first: None, computed })
+            Ok(HeadWork::Attend(None, computed))
         };
         run_heads(&mut self.heads, &mut self.pending, one)?;
         let g = self.group_size() * self.head_dim;
         for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
             // As `KvCache::attend`: a call that evicts nothing reports nothing.
             head.clear_evicted();
-            let Ok(work) = work else { unreachable!("run_heads returned the first error") };
-            let out = head.commit_attention(work.computed);
+            let Ok(work) = work else { continue };
+            let (HeadWork::Attend(_, computed)
+            | HeadWork::Insert(_, computed)
+            | HeadWork::Evict(_, computed)) = work;
+            let out = head.commit_attention(computed);
             self.out[h * g..][..g].copy_from_slice(out);
         }
         Ok(&self.out)

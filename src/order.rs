@@ -1,4 +1,5 @@
-//! The three orders of a decode step (`docs/semantics.md §2`).
+//! The three orders of a decode step (`docs/semantics.md §2`, which has the
+//! same table).
 
 use core::fmt;
 use core::str::FromStr;

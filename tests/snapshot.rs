@@ -1,6 +1,7 @@
 //! Session snapshots: a restored cache continues bit-identically, and every
 //! truncated, corrupted, wrong-version or wrong-type snapshot is an `Err`.
 
+use h2o_kv::SnapshotError;
 use h2o_kv::{
     AnyPolicy, Cache, Element, Error, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly, KvCache,
     LayerCache, Recent, RecentOnly, SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy, TieRule,
@@ -197,7 +198,10 @@ fn policies_convert_through_any_policy() {
         HeavyOnly::<f32>::from_snapshot(&bytes).unwrap_err(),
         FullCache::<f32>::from_snapshot(&bytes).unwrap_err(),
     ] {
-        assert!(matches!(err, Error::SnapshotMismatch { found: "an h2o policy", .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Snapshot(SnapshotError::Mismatch { found: "an h2o policy", .. })),
+            "{err:?}"
+        );
     }
 }
 
@@ -216,11 +220,17 @@ fn truncated_snapshots_are_errors() {
     let bytes = sample();
     for n in 0..bytes.len() {
         let err = H2OCache::<f32>::from_snapshot(&bytes[..n]).unwrap_err();
-        assert!(matches!(err, Error::SnapshotTruncated { .. }), "cut at {n}: {err:?}");
+        assert!(
+            matches!(err, Error::Snapshot(SnapshotError::Truncated { .. })),
+            "cut at {n}: {err:?}"
+        );
     }
     let mut long = bytes.clone();
     long.push(0);
-    assert!(matches!(H2OCache::<f32>::from_snapshot(&long), Err(Error::SnapshotInvalid { .. })));
+    assert!(matches!(
+        H2OCache::<f32>::from_snapshot(&long),
+        Err(Error::Snapshot(SnapshotError::Invalid { .. }))
+    ));
 }
 
 #[test]
@@ -232,13 +242,23 @@ fn every_single_byte_corruption_is_an_error() {
             bad[i] ^= flip;
             let err = H2OCache::<f32>::from_snapshot(&bad).unwrap_err();
             match i {
-                0..8 => assert_eq!(err, Error::SnapshotMagic, "byte {i}"),
-                8..10 => assert!(matches!(err, Error::SnapshotVersion { .. }), "byte {i}"),
+                0..8 => assert_eq!(err, Error::Snapshot(SnapshotError::Magic), "byte {i}"),
+                8..10 => assert!(
+                    matches!(err, Error::Snapshot(SnapshotError::Version { .. })),
+                    "byte {i}"
+                ),
                 12..20 => assert!(
-                    matches!(err, Error::SnapshotTruncated { .. } | Error::SnapshotInvalid { .. }),
+                    matches!(
+                        err,
+                        Error::Snapshot(SnapshotError::Truncated { .. })
+                            | Error::Snapshot(SnapshotError::Invalid { .. })
+                    ),
                     "length byte {i}: {err:?}"
                 ),
-                _ => assert!(matches!(err, Error::SnapshotChecksum { .. }), "byte {i}: {err:?}"),
+                _ => assert!(
+                    matches!(err, Error::Snapshot(SnapshotError::Checksum { .. })),
+                    "byte {i}: {err:?}"
+                ),
             }
         }
     }
@@ -268,33 +288,39 @@ fn wrong_version_kind_and_type_are_errors() {
     reseal(&mut v2);
     assert_eq!(
         H2OCache::<f32>::from_snapshot(&v2).unwrap_err(),
-        Error::SnapshotVersion { found: SNAPSHOT_VERSION + 1, supported: SNAPSHOT_VERSION }
+        Error::Snapshot(SnapshotError::Version {
+            found: SNAPSHOT_VERSION + 1,
+            supported: SNAPSHOT_VERSION
+        })
     );
     assert_eq!(
         H2OCache::<f64>::from_snapshot(&bytes).unwrap_err(),
-        Error::SnapshotMismatch { expected: "f64", found: "f32" }
+        Error::Snapshot(SnapshotError::Mismatch { expected: "f64", found: "f32" })
     );
     assert!(matches!(
         LayerCache::<f32, H2O>::from_snapshot(&bytes),
-        Err(Error::SnapshotMismatch { expected: "a layer cache", .. })
+        Err(Error::Snapshot(SnapshotError::Mismatch { expected: "a layer cache", .. }))
     ));
     let layer = LayerCache::<f32, _>::new(2, 1, 3, H2O::new(2, 2).unwrap()).unwrap();
     assert!(matches!(
         H2OCache::<f32>::from_snapshot(&layer.snapshot()),
-        Err(Error::SnapshotMismatch { expected: "a single-head cache", .. })
+        Err(Error::Snapshot(SnapshotError::Mismatch { expected: "a single-head cache", .. }))
     ));
     let mut unknown = bytes.clone();
     unknown[11] = 9;
     reseal(&mut unknown);
     assert!(matches!(
         H2OCache::<f32>::from_snapshot(&unknown),
-        Err(Error::SnapshotMismatch { found: "an unknown element type", .. })
+        Err(Error::Snapshot(SnapshotError::Mismatch { found: "an unknown element type", .. }))
     ));
     assert_eq!(
         H2OCache::<f32>::from_snapshot(b"not a snapshot at all").unwrap_err(),
-        Error::SnapshotMagic
+        Error::Snapshot(SnapshotError::Magic)
     );
-    assert!(matches!(H2OCache::<f32>::from_snapshot(&[]), Err(Error::SnapshotTruncated { .. })));
+    assert!(matches!(
+        H2OCache::<f32>::from_snapshot(&[]),
+        Err(Error::Snapshot(SnapshotError::Truncated { .. }))
+    ));
 }
 
 /// Offsets in a version-1 single-head snapshot.
@@ -382,7 +408,7 @@ fn forged_impossible_contents_are_errors() {
         assert_ne!(bad, bytes, "{name}: the edit changed nothing");
         reseal(&mut bad);
         let err = H2OCache::<f32>::from_snapshot(&bad).unwrap_err();
-        assert!(matches!(err, Error::SnapshotInvalid { .. }), "{name}: {err:?}");
+        assert!(matches!(err, Error::Snapshot(SnapshotError::Invalid { .. })), "{name}: {err:?}");
     }
 }
 
@@ -452,7 +478,7 @@ fn half_precision_snapshots_round_trip() {
         }
         assert!(matches!(
             H2OCache::<f32>::from_snapshot(&bytes),
-            Err(Error::SnapshotMismatch { expected: "f32", .. })
+            Err(Error::Snapshot(SnapshotError::Mismatch { expected: "f32", .. }))
         ));
     }
     check::<f16>("f16");
@@ -460,6 +486,6 @@ fn half_precision_snapshots_round_trip() {
     let b = H2OCache::<bf16>::new(2, 1, 1).unwrap().snapshot();
     assert_eq!(
         H2OCache::<f16>::from_snapshot(&b).unwrap_err(),
-        Error::SnapshotMismatch { expected: "f16", found: "bf16" }
+        Error::Snapshot(SnapshotError::Mismatch { expected: "f16", found: "bf16" })
     );
 }

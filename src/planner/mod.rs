@@ -351,6 +351,8 @@ impl<P: EvictionPolicy> Planner<P> {
     ///
     /// # Complexity
     /// One scan over the eviction candidates per evicted token: O(budget).
+    /// A [`prefill`](Self::prefill) evicts many tokens at once with one sort
+    /// instead, by the same order.
     pub fn evict(&mut self) -> &[Evicted] {
         self.evict_to(self.policy.budget());
         &self.evicted
@@ -486,7 +488,9 @@ impl<P: EvictionPolicy> Planner<P> {
     /// (`docs/semantics.md §3`). `place(j, slot)` is called once for every
     /// prompt token that is kept: write prompt row `j`'s key and value to
     /// row `slot`. Returns the evicted tokens (prompt tokens that were never
-    /// stored have slot `usize::MAX`). `P = 0` is a no-op.
+    /// stored have slot `usize::MAX`). `P = 0` is a no-op. A decode step
+    /// evicts one token at a time instead ([`evict`](Self::evict)), by the
+    /// same order.
     ///
     /// # Errors
     /// [`Error::LengthMismatch`] unless the `resident_*` vectors are

@@ -1,4 +1,4 @@
-//! `FullCache`: keeps every token, never evicts (the quality baseline).
+//! `Full`: keeps every token, never evicts (the quality baseline).
 
 use core::cmp::Ordering;
 

@@ -1,4 +1,5 @@
-//! `H2OCache`: heavy hitters plus a recent window (Zhang et al., NeurIPS 2023).
+//! `H2O`: heavy hitters plus a recent window (Zhang et al., NeurIPS 2023;
+//! `docs/semantics.md §4`, §8).
 //!
 //! The rule (paper §4, Algorithm 1; the authors' `H2OKVCache_LayerWise`):
 //!

@@ -1,4 +1,5 @@
-//! `HeavyOnly`: heavy hitters without a recent window.
+//! `Heavy`: heavy hitters without a recent window (the newest-token rule is
+//! `docs/semantics.md §4`).
 
 use core::cmp::Ordering;
 

@@ -85,13 +85,14 @@ impl Candidate {
     }
 }
 
-/// How to order two candidates whose accumulated scores are exactly equal.
+/// How to order two candidates whose accumulated scores are exactly equal
+/// (`docs/semantics.md §5`).
 ///
 /// The authors' code has no rule (`torch.topk` keeps either; see
 /// `tests/data/h2o_traces/FORMAT.md`), so any deterministic rule is a choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TieRule {
-    /// Keep the older token, evict the newer one (the seed walkthrough's rule).
+    /// Keep the older token, evict the newer one (the walkthrough's rule).
     #[default]
     KeepOlder,
     /// Keep the newer token, evict the older one.

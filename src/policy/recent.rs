@@ -1,4 +1,4 @@
-//! `RecentOnly`: a sliding window over the newest tokens.
+//! `Recent`: a sliding window over the newest tokens.
 
 use core::cmp::Ordering;
 

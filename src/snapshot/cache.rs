@@ -32,13 +32,13 @@ impl<T: SnapshotElement, P: SnapshotPolicy> Cache<T, P> {
     /// `Cache<T, AnyPolicy>`; an H2O policy for `H2OCache<T>`).
     ///
     /// # Errors
-    /// - [`Error::SnapshotTruncated`] if the bytes end early;
-    /// - [`Error::SnapshotMagic`] if they are not a snapshot;
-    /// - [`Error::SnapshotVersion`] for another format version;
-    /// - [`Error::SnapshotChecksum`] if the bytes were corrupted;
-    /// - [`Error::SnapshotMismatch`] for a layer snapshot, another element
+    /// - [`SnapshotError::Truncated`](crate::SnapshotError::Truncated) if the bytes end early;
+    /// - [`SnapshotError::Magic`](crate::SnapshotError::Magic) if they are not a snapshot;
+    /// - [`SnapshotError::Version`](crate::SnapshotError::Version) for another format version;
+    /// - [`SnapshotError::Checksum`](crate::SnapshotError::Checksum) if the bytes were corrupted;
+    /// - [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) for a layer snapshot, another element
     ///   type, or a policy `P` cannot hold;
-    /// - [`Error::SnapshotInvalid`] if the contents describe an impossible cache;
+    /// - [`SnapshotError::Invalid`](crate::SnapshotError::Invalid) if the contents describe an impossible cache;
     /// - [`Error::AllocationFailed`] if the buffers cannot be allocated.
     ///
     /// Like the constructors, a restore allocates the capacity the policy in

@@ -154,7 +154,7 @@ pub(super) fn get_head<T: SnapshotElement>(r: &mut Reader<'_>) -> Result<HeadSta
 /// policy, `head_dim` and scale.
 ///
 /// # Errors
-/// [`Error::SnapshotInvalid`] naming the broken invariant if the layout is
+/// [`SnapshotError::Invalid`](crate::SnapshotError::Invalid) naming the broken invariant if the layout is
 /// not one the cache could have reached.
 pub(super) fn apply<T: Element, P: EvictionPolicy>(
     cache: &mut Cache<T, P>,

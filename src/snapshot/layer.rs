@@ -26,8 +26,8 @@ impl<T: SnapshotElement, P: SnapshotPolicy> LayerCache<T, P> {
     /// Rebuilds a layer from [`snapshot`](Self::snapshot) bytes.
     ///
     /// # Errors
-    /// As [`Cache::from_snapshot`]; [`Error::SnapshotMismatch`] for a
-    /// single-head snapshot, and [`Error::SnapshotInvalid`] if the heads
+    /// As [`Cache::from_snapshot`]; [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) for a
+    /// single-head snapshot, and [`SnapshotError::Invalid`](crate::SnapshotError::Invalid) if the heads
     /// disagree on policy, `head_dim`, scale, token count or next position.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::open(bytes, KIND_LAYER, T::TAG)?;
