@@ -2,7 +2,7 @@
 //! the element types need (f16 widening).
 //!
 //! A leaf module: it uses nothing else from this crate, so both
-//! [`crate::element`] (f16 widening) and `crate::kernels` (attention) can
+//! the element types (f16 widening) and the kernels (attention) can
 //! call it without importing each other. `pulp` detects the instruction set
 //! once (cached here); this crate stays free of `unsafe`. Without AVX2 + FMA
 //! (pulp's scalar level) every entry point here reports "no SIMD" and callers

@@ -13,6 +13,9 @@
 
 use std::alloc::System;
 
+mod common;
+use common::Rng;
+
 use h2o_kv::{
     AnyPolicy, Cache, Element, EvictionPolicy, Full, H2O, Heavy, KvCache, LayerCache, Recent,
 };
@@ -26,16 +29,7 @@ const STEPS: usize = 200;
 
 /// Deterministic inputs in `[-1, 1)`, converted to `T`.
 fn rows<T: Element>(len: usize, seed: u64) -> Vec<T> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            T::from_acc(<T::Acc as h2o_kv::Accumulator>::narrow(2.0 * u - 1.0))
-        })
-        .collect()
+    Rng::new(seed).uniform(len, 1.0)
 }
 
 /// Runs `f` and panics if it allocated or reallocated.

@@ -7,9 +7,9 @@ use h2o_kv::{
     LayerCache, Recent, RecentOnly, SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy, TieRule,
 };
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+mod common;
+
+use common::Rng;
 
 fn bits<T: Element>(x: &[T]) -> Vec<u64> {
     x.iter().map(|v| v.to_f64().to_bits()).collect()
@@ -41,7 +41,7 @@ fn random_op<T: Element>(c: &mut dyn KvCache<T>, rng: &mut Rng) -> String {
             format!("attend {:?}", c.attend(&q).map(bits))
         }
         17..=18 => {
-            let p = rng.below(5) as usize;
+            let p = rng.below(5);
             let (q, k, v) = (rng.vec(p * d), rng.vec(p * d), rng.vec(p * d));
             let mut out = vec![T::default(); p * d];
             let r = c.prefill(&q, &k, &v, &mut out);
@@ -64,7 +64,7 @@ fn check_continuation<T: SnapshotElement, P: SnapshotPolicy>(
     seed: u64,
 ) {
     let mut c = make();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for n in 0..60 {
         random_op(&mut c, &mut rng);
         if n % 3 != 0 {
@@ -74,8 +74,8 @@ fn check_continuation<T: SnapshotElement, P: SnapshotPolicy>(
         let mut restored = Cache::<T, P>::from_snapshot(&bytes)
             .unwrap_or_else(|e| panic!("{label} op {n}: restore failed: {e}"));
         assert_eq!(restored.snapshot(), bytes, "{label} op {n}: re-encoding differs");
-        let (mut a, mut b) = (c.clone(), Rng(rng.0));
-        let mut rng_b = Rng(rng.0);
+        let (mut a, mut b) = (c.clone(), rng.clone());
+        let mut rng_b = rng.clone();
         for m in 0..25 {
             let x = random_op(&mut a, &mut b);
             let y = random_op(&mut restored, &mut rng_b);
@@ -140,7 +140,7 @@ fn layer_snapshots_continue_bit_identically() {
         Full::new(30).unwrap().into(),
         Heavy::new(3).unwrap().into(),
     ] {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let mut layer = LayerCache::<f32, AnyPolicy>::new(h, kv, d, policy).unwrap();
         for n in 0..20 {
             let (q, k, v) = (rng.vec::<f32>(h * d), rng.vec(kv * d), rng.vec(kv * d));
@@ -156,8 +156,8 @@ fn layer_snapshots_continue_bit_identically() {
             let mut restored = LayerCache::<f32, AnyPolicy>::from_snapshot(&bytes).unwrap();
             assert_eq!(restored.snapshot(), bytes);
             let mut a = layer.clone();
-            let mut r2 = Rng(rng.0);
-            let mut r1 = Rng(rng.0);
+            let mut r2 = rng.clone();
+            let mut r1 = rng.clone();
             for _ in 0..10 {
                 let (q, k, v) = (r1.vec::<f32>(h * d), r1.vec(kv * d), r1.vec(kv * d));
                 let (q2, k2, v2) = (r2.vec::<f32>(h * d), r2.vec(kv * d), r2.vec(kv * d));
@@ -177,7 +177,7 @@ fn layer_snapshots_continue_bit_identically() {
 #[test]
 fn policies_convert_through_any_policy() {
     let mut c = H2OCache::<f32>::new(2, 2, 2).unwrap();
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for _ in 0..10 {
         random_op(&mut c, &mut rng);
     }
@@ -185,7 +185,7 @@ fn policies_convert_through_any_policy() {
     let mut any = Cache::<f32, AnyPolicy>::from_snapshot(&bytes).unwrap();
     assert_eq!(any.policy(), &AnyPolicy::H2O(*c.policy()));
     // The same decisions through the run-time policy.
-    let (mut r1, mut r2) = (Rng(5), Rng(5));
+    let (mut r1, mut r2) = (Rng::new(5), Rng::new(5));
     for _ in 0..30 {
         assert_eq!(random_op(&mut c, &mut r1), random_op(&mut any, &mut r2));
     }
@@ -207,7 +207,7 @@ fn policies_convert_through_any_policy() {
 
 fn sample() -> Vec<u8> {
     let mut c = H2OCache::<f32>::new(3, 2, 2).unwrap();
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     for _ in 0..12 {
         random_op(&mut c, &mut rng);
     }
@@ -430,15 +430,15 @@ fn random_forged_snapshots_never_restore_a_different_cache() {
     // cache that encodes back to exactly the edited bytes (nothing silently
     // normalised) and runs without panicking.
     let bytes = sample();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     let (mut ok, mut err) = (0, 0);
     for _ in 0..20_000 {
         let mut bad = bytes.clone();
         for _ in 0..1 + rng.below(3) {
-            let i = 20 + rng.below((bad.len() - 28) as u64) as usize;
+            let i = 20 + rng.below(bad.len() - 28);
             bad[i] = match rng.below(3) {
                 0 => bad[i] ^ (1 << rng.below(8)),
-                1 => rng.next() as u8,
+                1 => rng.next_u64() as u8,
                 _ => 0,
             };
         }
@@ -447,7 +447,7 @@ fn random_forged_snapshots_never_restore_a_different_cache() {
             Ok(mut c) => {
                 ok += 1;
                 assert_eq!(c.snapshot(), bad, "restored a different cache");
-                let mut r = Rng(3);
+                let mut r = Rng::new(3);
                 for _ in 0..5 {
                     random_op(&mut c, &mut r);
                 }
@@ -465,14 +465,14 @@ fn half_precision_snapshots_round_trip() {
     use half::{bf16, f16};
     fn check<T: SnapshotElement>(name: &str) {
         let mut c = H2OCache::<T>::new(3, 2, 2).unwrap();
-        let mut rng = Rng(4);
+        let mut rng = Rng::new(4);
         for _ in 0..30 {
             random_op(&mut c, &mut rng);
         }
         let bytes = c.snapshot();
         let mut r = H2OCache::<T>::from_snapshot(&bytes).unwrap();
         assert_eq!(r.snapshot(), bytes, "{name}");
-        let (mut a, mut b) = (Rng(8), Rng(8));
+        let (mut a, mut b) = (Rng::new(8), Rng::new(8));
         for _ in 0..20 {
             assert_eq!(random_op(&mut c, &mut a), random_op(&mut r, &mut b), "{name}");
         }

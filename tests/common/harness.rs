@@ -4,7 +4,8 @@
 
 use h2o_kv::{Element, Error, EvictionPolicy, KvCache, LayerCache};
 
-use super::brute::{Decision, Fp, Model, ModelError, Output, Rule, SLACK};
+use super::bounds::{Fp, Output, SLACK};
+use super::oracle::{Decision, Model, ModelError, Rule};
 use super::{Real, Stats, Token, wide};
 
 /// One head's observable state. `tokens` is in slot order with score bits, so
