@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use h2o_kv::kernels::{self, OnlineSoftmax};
 use h2o_kv::{EvictionPolicy, Full, H2O, LayerCache};
 
-use common::{FullAt, Tokens, interleaved, quick, report, run_steps, steady};
+use common::fixtures::{self, FullAt, Tokens, run_steps, steady};
+use common::quick;
+use common::ratio::{interleaved, report};
 
 const D: usize = 128;
 
@@ -32,13 +34,13 @@ struct Floor {
 
 impl Floor {
     fn new(heads: usize, rows: usize) -> Self {
-        Self { k: common::data(heads * rows * D, 11), v: common::data(heads * rows * D, 12) }
+        Self { k: fixtures::data(heads * rows * D, 11), v: fixtures::data(heads * rows * D, 12) }
     }
 
     fn run(&self, iters: u64) -> Duration {
         let t = Instant::now();
         for _ in 0..iters {
-            black_box(common::read_floor_f32(black_box(&self.k), black_box(&self.v)));
+            black_box(fixtures::read_floor_f32(black_box(&self.k), black_box(&self.v)));
         }
         t.elapsed()
     }
@@ -114,9 +116,9 @@ impl<P: EvictionPolicy> LayerAt<P> {
 /// The attention kernels alone on `g` queries over `n` rows: one pass
 /// against the two-pass form (logits, softmax on a copy, weighted sum).
 fn kernel_ratio(g: usize, n: usize) {
-    let q = common::data::<f32>(g * D, 1);
-    let k = common::data::<f32>(n * D, 2);
-    let v = common::data::<f32>(n * D, 3);
+    let q = fixtures::data::<f32>(g * D, 1);
+    let k = fixtures::data::<f32>(n * D, 2);
+    let v = fixtures::data::<f32>(n * D, 3);
     let scale = 1.0 / (D as f32).sqrt();
     // Separate scratch per side: the two closures are alive together.
     let (mut logits, mut weights, mut out) =
@@ -249,9 +251,9 @@ fn main() {
     // queries, keys, values and outputs (4 × P × 128 f32).
     let p = if quick() { 512 } else { 2048 };
     let (q, k, v) = (
-        common::data::<f32>(p * D, 1),
-        common::data::<f32>(p * D, 2),
-        common::data::<f32>(p * D, 3),
+        fixtures::data::<f32>(p * D, 1),
+        fixtures::data::<f32>(p * D, 2),
+        fixtures::data::<f32>(p * D, 3),
     );
     let mut out = vec![0.0f32; p * D];
     let mut cache = h2o_kv::FullCache::<f32>::new(D, p).unwrap();

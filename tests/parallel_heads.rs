@@ -5,14 +5,13 @@
 
 #![cfg(feature = "rayon")]
 
-#[path = "support/rng.rs"]
-mod rng;
+mod common;
 
+use common::Rng;
 use h2o_kv::{Error, H2O, KvCache, LayerCache};
-use rng::Rng;
 
 fn vector(rng: &mut Rng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.unit() as f32).collect()
+    (0..len).map(|_| rng.signed() as f32).collect()
 }
 
 /// A 12-query-head, 4-KV-head layer against four separate caches.
@@ -24,7 +23,7 @@ fn compare(threads: usize) {
     let mut layer = LayerCache::<f32, _>::new(h, kv, d, policy).unwrap();
     let mut heads: Vec<LayerCache<f32, H2O>> =
         (0..kv).map(|_| LayerCache::new(g, 1, d, policy).unwrap()).collect();
-    let mut rng = Rng(7 + threads as u64);
+    let mut rng = Rng::new(7 + threads as u64);
     for t in 0..150 {
         let q = vector(&mut rng, h * d);
         let k = vector(&mut rng, kv * d);
@@ -61,7 +60,7 @@ fn a_failing_head_changes_no_head_in_parallel() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let (h, kv, d) = (8, 8, 4);
     let mut layer = LayerCache::<f32, _>::new(h, kv, d, H2O::new(2, 2).unwrap()).unwrap();
-    let mut rng = Rng(3);
+    let mut rng = Rng::new(3);
     for _ in 0..6 {
         let (q, k, v) =
             (vector(&mut rng, h * d), vector(&mut rng, kv * d), vector(&mut rng, kv * d));

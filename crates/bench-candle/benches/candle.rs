@@ -38,7 +38,9 @@ use candle_core::{Device, Tensor};
 use candle_nn::kv_cache::{KvCache as CandleKv, RotatingKvCache};
 use h2o_kv::{Full, LayerCache, Recent};
 
-use common::{Tokens, interleaved, quick, report};
+use common::fixtures::{self, Tokens};
+use common::quick;
+use common::ratio::{interleaved, report};
 
 const HEAD_DIM: usize = 128;
 
@@ -97,7 +99,7 @@ impl CandleTokens {
 
 /// `n` tokens of keys and values `[1, kv, n, d]` for refilling a candle cache.
 fn block(kv: usize, n: usize, seed: u64) -> Tensor {
-    let x = common::data::<f32>(kv * n * HEAD_DIM, seed);
+    let x = fixtures::data::<f32>(kv * n * HEAD_DIM, seed);
     Tensor::from_vec(x, (1, kv, n, HEAD_DIM), &Device::Cpu).unwrap()
 }
 
@@ -289,9 +291,9 @@ fn prefill_len() -> usize {
 fn prefill_ratio(label: &str, heads: usize, kv: usize) {
     let p = prefill_len();
     let g = heads / kv;
-    let q = common::data::<f32>(p * heads * HEAD_DIM, 21);
-    let k = common::data::<f32>(p * kv * HEAD_DIM, 22);
-    let v = common::data::<f32>(p * kv * HEAD_DIM, 23);
+    let q = fixtures::data::<f32>(p * heads * HEAD_DIM, 21);
+    let k = fixtures::data::<f32>(p * kv * HEAD_DIM, 22);
+    let v = fixtures::data::<f32>(p * kv * HEAD_DIM, 23);
     let mut out = vec![0.0f32; q.len()];
     let mut layer =
         LayerCache::<f32, Full>::new(heads, kv, HEAD_DIM, Full::new(p).unwrap()).unwrap();
