@@ -24,6 +24,10 @@ pub(crate) fn arch() -> Option<Arch> {
     }
     *ARCH.get_or_init(|| match Arch::new() {
         Arch::Scalar => None,
+        // The two-pass kernels stay at 8 lanes (AVX2 + FMA); only the
+        // one-pass kernel uses AVX-512, where the row length allows.
+        #[cfg(all(feature = "avx512", target_arch = "x86_64"))]
+        Arch::V4(_) => pulp::x86::V3::try_new().map(Arch::V3),
         simd => Some(simd),
     })
 }

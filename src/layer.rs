@@ -32,6 +32,13 @@ use crate::policy::EvictionPolicy;
 /// Every call checks all heads before it changes any: an `Err` leaves the
 /// whole layer as it was.
 ///
+/// With the `rayon` feature, `step`, `step_with` and `attend` compute the KV
+/// heads in parallel on the current rayon pool (call them inside
+/// `pool.install` to choose the pool); the results are bit-identical to the
+/// serial loop, and the error reported is the first failing head's in head
+/// order. Run the decode loop inside the pool: a call from outside any pool
+/// queues a job on rayon's global injector, which allocates now and then.
+///
 /// # Example
 /// ```
 /// use h2o_kv::{H2O, LayerCache};
@@ -76,7 +83,36 @@ enum HeadWork {
 /// capacity (a derived `Clone` would not, and the clone's first step would
 /// allocate).
 #[derive(Debug, Default)]
-struct Pending(Vec<HeadWork>);
+struct Pending(Vec<Result<HeadWork>>);
+
+/// Runs the check phase `one` of every head (stage and compute, no commit)
+/// into `pending`, in head order, and returns the first error in head order.
+///
+/// With the `rayon` feature the heads run on the current rayon pool (the
+/// results land in `pending`'s preallocated room, so nothing is allocated
+/// inside a pool); each head's work is the same as in the serial loop, so the
+/// results are bit-identical. A head after a failing one may then have
+/// staged its rows too: staging occupies nothing, so that is harmless.
+fn run_heads<T: Element, P: EvictionPolicy>(
+    heads: &mut [Cache<T, P>],
+    pending: &mut Pending,
+    one: impl Fn(usize, &mut Cache<T, P>) -> Result<HeadWork> + Sync,
+) -> Result<()> {
+    #[cfg(feature = "rayon")]
+    if heads.len() > 1 {
+        use rayon::prelude::*;
+        pending.0.par_extend(heads.par_iter_mut().enumerate().map(|(h, head)| one(h, head)));
+        return match pending.0.iter().position(Result::is_err) {
+            Some(i) => pending.0.swap_remove(i).map(|_| ()),
+            None => Ok(()),
+        };
+    }
+    for (h, head) in heads.iter_mut().enumerate() {
+        let work = one(h, head)?;
+        pending.0.push(Ok(work));
+    }
+    Ok(())
+}
 
 impl Clone for Pending {
     fn clone(&self) -> Self {
@@ -227,11 +263,6 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         self.heads.iter().try_for_each(|h| h.check_room(1))
     }
 
-    fn group_query<'q>(&self, query: &'q [T], h: usize) -> &'q [T] {
-        let g = self.group_size() * self.head_dim;
-        &query[h * g..][..g]
-    }
-
     fn row<'x>(&self, x: &'x [T], h: usize) -> &'x [T] {
         &x[h * self.head_dim..][..self.head_dim]
     }
@@ -262,10 +293,10 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         self.check_query(query)?;
         self.check_key_value(key, value)?;
         self.pending.0.clear();
-        for h in 0..self.heads.len() {
-            let (k, v, q) = (self.row(key, h), self.row(value, h), self.group_query(query, h));
-            let head = &mut self.heads[h];
-            let work = match order {
+        let (d, gd) = (self.head_dim, self.group_size() * self.head_dim);
+        let one = |h: usize, head: &mut Cache<T, P>| -> Result<HeadWork> {
+            let (k, v, q) = (&key[h * d..][..d], &value[h * d..][..d], &query[h * gd..][..gd]);
+            Ok(match order {
                 StepOrder::InsertAttendEvict => {
                     let staged = head.stage(k, v)?;
                     let computed = head.compute(q, Cover::with(&staged))?;
@@ -282,12 +313,14 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
                     let computed = head.compute(q, cover)?;
                     HeadWork::Evict(plan, computed)
                 }
-            };
-            self.pending.0.push(work);
-        }
+            })
+        };
+        run_heads(&mut self.heads, &mut self.pending, one)?;
         // Nothing can fail from here on.
         let g = self.group_size() * self.head_dim;
         for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
+            // `run_heads` returned `Ok`, so every entry is `Ok`.
+            let Ok(work) = work else { continue };
             let out = match work {
                 HeadWork::Insert(staged, computed) => {
                     head.commit_insert(staged);
@@ -324,15 +357,17 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     pub fn attend(&mut self, query: &[T]) -> Result<&[T]> {
         self.check_query(query)?;
         self.pending.0.clear();
-        for h in 0..self.heads.len() {
-            let q = self.group_query(query, h);
-            let computed = self.heads[h].compute(q, Cover::RESIDENT)?;
-            self.pending.0.push(HeadWork::Attend(None, computed));
-        }
+        let gd = self.group_size() * self.head_dim;
+        let one = |h: usize, head: &mut Cache<T, P>| -> Result<HeadWork> {
+            let computed = head.compute(&query[h * gd..][..gd], Cover::RESIDENT)?;
+            Ok(HeadWork::Attend(None, computed))
+        };
+        run_heads(&mut self.heads, &mut self.pending, one)?;
         let g = self.group_size() * self.head_dim;
         for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
             // As `KvCache::attend`: a call that evicts nothing reports nothing.
             head.clear_evicted();
+            let Ok(work) = work else { continue };
             let (HeadWork::Attend(_, computed)
             | HeadWork::Insert(_, computed)
             | HeadWork::Evict(_, computed)) = work;

@@ -106,6 +106,12 @@
 //!   without AVX2 + FMA, the portable scalar kernels run.
 //!   [`kernels::simd_isa`] tells which.
 //! - `half`: [`Element`] impls for `half::f16` and `half::bf16`.
+//! - `avx512` (off; needs Rust 1.89): the one-pass attention kernel in 16-lane
+//!   AVX-512 where the CPU has it and `head_dim` is a multiple of 16
+//!   ([`kernels::one_pass_isa`] tells which runs).
+//! - `rayon` (off): a [`LayerCache`] step runs its KV heads in parallel on the
+//!   current rayon pool; the results are bit-identical to the serial loop, and
+//!   a decode loop inside a pool allocates nothing per step.
 
 #![doc(test(attr(deny(warnings))))]
 

@@ -18,6 +18,14 @@ use crate::order::StepOrder;
 use crate::planner::{EvictFirst, SlotState, Staged};
 use crate::policy::EvictionPolicy;
 
+/// Key + value bytes from which a decode step uses the one-pass kernel (when
+/// no slot is masked): 2 MiB, twice the L2 cache of one core on the
+/// reference machine (Zen 4, 1 MiB per core). Below it the rows come from
+/// cache, where the two-pass kernels (a little less arithmetic per row)
+/// measured as fast or a little faster; above it the one-pass kernel reads
+/// each row once from memory. See `BENCHMARKS.md`.
+const ONE_PASS_MIN_BYTES: usize = 2 << 20;
+
 /// Which slots an attention covers: the resident tokens, plus a staged
 /// slot, minus tokens the step evicts first.
 #[derive(Debug, Clone, Copy)]
@@ -73,14 +81,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             Some(slot) => span.max(slot + 1),
             None => span,
         };
-        kernels::scaled_logits(
-            &mut self.logits,
-            stride,
-            queries,
-            self.rows.keys(rows),
-            d,
-            self.scale,
-        );
         // Free slots below `rows` other than the staged one hold stale rows
         // and get weight 0, as do tokens evicted first. None in steady state
         // (an eviction frees the slot the next token is staged in) and for
@@ -94,9 +94,25 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
                 || (states.get(s).is_some_and(|&st| st != SlotState::Free)
                     && !cover.gone.contains(&s))
         };
-        attention::softmax_rows(&self.logits, &mut self.weights, stride, g, rows, masked, live)?;
+        let (keys, values) = (self.rows.keys(rows), self.rows.values(rows));
         let out = &mut self.out_acc[..g * d];
-        kernels::weighted_sum(out, &self.weights, stride, self.rows.values(rows), d);
+        if !masked && 2 * size_of_val(keys) >= ONE_PASS_MIN_BYTES {
+            // Every row is live: logits, online softmax and weighted sum in
+            // one pass over the rows; the weights for the scores then come
+            // from the stored logits.
+            let online = &mut self.online[..g];
+            let (logits, scale) = (&mut self.logits, self.scale);
+            kernels::attention_one_pass(
+                out, online, logits, stride, queries, keys, values, d, scale,
+            );
+            attention::softmax_rows(&self.logits, &mut self.weights, stride, g, rows, false, live)?;
+        } else {
+            kernels::scaled_logits(&mut self.logits, stride, queries, keys, d, self.scale);
+            let (logits, weights) = (&self.logits, &mut self.weights);
+            attention::softmax_rows(logits, weights, stride, g, rows, masked, live)?;
+            kernels::weighted_sum(out, &self.weights, stride, values, d);
+        }
+        let out = &self.out_acc[..g * d];
         if out.iter().any(|x| !x.is_finite()) {
             return Err(Error::AttentionOverflow { what: "output" });
         }
@@ -207,6 +223,66 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
 #[cfg(test)]
 mod tests {
     use crate::{FullCache, H2O, H2OCache, KvCache, RecentOnly, StepOrder};
+
+    /// Deterministic values in `[-1, 1)`.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 11) as f64 / (1u64 << 52) as f64 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    /// Caches large enough for the one-pass kernel (over 2 MiB of K/V) give
+    /// the f64 softmax attention within rounding, and their scores gain the
+    /// softmax of the logits.
+    #[test]
+    fn one_pass_steps_match_f64_attention() {
+        let (d, n) = (128, 2200);
+        let (k, v, q) = (values(n * d, 1), values(n * d, 2), values(4 * d, 3));
+        let mut full = FullCache::<f32>::new(d, n).unwrap();
+        let mut h2o = H2OCache::<f32>::new(d, n / 2 - 2, n / 2 - 2).unwrap();
+        for r in 0..n - 4 {
+            full.insert(&k[r * d..][..d], &v[r * d..][..d]).unwrap();
+            h2o.insert(&k[r * d..][..d], &v[r * d..][..d]).unwrap();
+            h2o.evict();
+        }
+        for i in 0..4 {
+            let r = n - 4 + i;
+            let (qi, kr, vr) = (&q[i * d..][..d], &k[r * d..][..d], &v[r * d..][..d]);
+            for cache in [&mut full as &mut dyn KvCache<f32>, &mut h2o] {
+                cache.insert(kr, vr).unwrap();
+                let before: Vec<f64> = cache.tokens().map(|t| t.score).collect();
+                let out = cache.attend(qi).unwrap().to_vec();
+                // Brute force in f64 over the resident rows, in slot order.
+                let rows: Vec<usize> = cache.tokens().map(|t| t.position as usize).collect();
+                let scale = 1.0 / (d as f64).sqrt();
+                let dot = |r: usize| -> f64 {
+                    (0..d).map(|j| f64::from(qi[j]) * f64::from(k[r * d + j])).sum()
+                };
+                let logits: Vec<f64> = rows.iter().map(|&r| dot(r) * scale).collect();
+                let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                let name = cache.policy_name();
+                for j in 0..d {
+                    let want: f64 =
+                        rows.iter().zip(&e).map(|(&r, w)| w / sum * f64::from(v[r * d + j])).sum();
+                    let got = f64::from(out[j]);
+                    assert!((got - want).abs() < 1e-5, "{name}: out {j}: {got} vs {want}");
+                }
+                for ((t, b), w) in cache.tokens().zip(&before).zip(&e) {
+                    let gain = t.score - b;
+                    assert!((gain - w / sum).abs() < 1e-6 * (w / sum) + 1e-9, "{name}: score");
+                }
+                cache.evict();
+            }
+        }
+    }
 
     /// Evict-insert-attend on a sliding window of 2: the query sees exactly
     /// the two newest tokens, itself included (hand-computed: equal logits

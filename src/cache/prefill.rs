@@ -11,7 +11,10 @@
 //! order, evicting the rest at once.
 //!
 //! The chunk's keys and values are read from the caller's slices while the
-//! attention runs; only kept tokens are copied into slots.
+//! attention runs; only kept tokens are copied into slots. The attention
+//! runs on tiles of query tokens with the one-pass kernel (online softmax),
+//! so its scratch is one tile's logits, `[tile × (resident + P)]`, never
+//! `[P × P]`.
 //! [`Cache::plan_prefill`] computes everything into a [`PrefillPlan`] and
 //! changes nothing; [`Cache::commit_prefill`] cannot fail.
 
@@ -20,9 +23,12 @@ use num_traits::{Float, Zero};
 use super::{Cache, attention};
 use crate::element::{Accumulator, Element, first_non_finite};
 use crate::error::{Error, Result};
-use crate::kernels;
+use crate::kernels::{self, OnlineSoftmax};
 use crate::planner::{PrefillStats, try_vec};
 use crate::policy::EvictionPolicy;
+
+/// Query tokens per tile of the prefill's attention.
+const TILE: usize = 16;
 
 /// The result of a prefill's attention, not yet applied to the cache.
 #[derive(Debug)]
@@ -88,10 +94,14 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         let hw = self.planner.span();
         let width = hw + p;
         let zero = T::Acc::zero();
-        let mut logits = try_vec(group * width, zero)?;
+        // Tiles of `TILE` query tokens: each tile streams the key/value rows
+        // it sees once for all its queries (one-pass kernel, online softmax),
+        // and the scratch is a tile's logits, `[TILE·g × width]`, not `[P × P]`.
+        let tq = TILE.min(p) * group;
+        let mut logits = try_vec(tq * width, zero)?;
         let mut weights = try_vec(group * width, zero)?;
-        let mut out_resident = try_vec(row, zero)?;
-        let mut out_chunk = try_vec(row, zero)?;
+        let mut acc = try_vec(tq * d, zero)?;
+        let mut online = try_vec(tq, OnlineSoftmax::new())?;
         let mut stats = PrefillStats {
             resident_gain: try_vec(hw, 0.0)?,
             resident_last: try_vec(hw, 0.0)?,
@@ -104,58 +114,87 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             _ => Some((try_vec(hw, 0.0)?, try_vec(p, 0.0)?)),
         };
         let states = self.planner.slots().states();
-        let resident = |s: usize| s >= hw || states[s] != crate::planner::SlotState::Free;
+        let free = |s: usize| s < hw && states[s] == crate::planner::SlotState::Free;
+        let resident = |s: usize| !free(s);
         let masked = self.planner.len() < hw;
-        let (keys_in, values_in) = (self.rows.keys(hw), self.rows.values(hw));
-        for i in 0..p {
-            let q_i = &queries[i * row..][..row];
-            let seen = hw + i + 1;
-            kernels::scaled_logits(&mut logits, width, q_i, keys_in, d, self.scale);
-            kernels::scaled_logits(
-                &mut logits[hw..],
-                width,
-                q_i,
-                &keys[..(i + 1) * d],
-                d,
-                self.scale,
-            );
-            attention::softmax_rows(&logits, &mut weights, width, group, seen, masked, resident)?;
-            let last = i + 1 == p;
-            for q in 0..group {
-                let w = &weights[q * width..][..seen];
-                for (gain, x) in stats.resident_gain.iter_mut().zip(&w[..hw]) {
-                    *gain += x.widen();
+        let scale = self.scale;
+        for i0 in (0..p).step_by(TILE) {
+            let i1 = (i0 + TILE).min(p);
+            let nq = (i1 - i0) * group;
+            let qs = &queries[i0 * row..i1 * row];
+            let (acc, online) = (&mut acc[..nq * d], &mut online[..nq]);
+            acc.iter_mut().for_each(|x| *x = zero);
+            online.iter_mut().for_each(|x| *x = OnlineSoftmax::new());
+            // Resident tokens, one run of live slots at a time (free slots
+            // hold stale rows; `softmax_rows` masks them below).
+            let mut s = 0;
+            while s < hw {
+                if free(s) {
+                    s += 1;
+                    continue;
                 }
-                for (score, x) in stats.chunk_scores.iter_mut().zip(&w[hw..]) {
-                    *score += x.widen();
-                }
-                if last {
-                    for (l, x) in stats.resident_last.iter_mut().zip(&w[..hw]) {
-                        *l += x.widen();
-                    }
-                    for (l, x) in stats.chunk_last.iter_mut().zip(&w[hw..]) {
-                        *l += x.widen();
-                    }
-                }
-                if let Some((resident, chunk)) = observed.as_mut().filter(|_| i + observe >= p) {
-                    for (o, x) in resident.iter_mut().zip(&w[..hw]) {
-                        *o += x.widen();
-                    }
-                    for (o, x) in chunk.iter_mut().zip(&w[hw..]) {
-                        *o += x.widen();
-                    }
-                }
+                let e = (s..hw).find(|&x| free(x)).unwrap_or(hw);
+                let (k, v) = (&self.rows.keys(e)[s * d..], &self.rows.values(e)[s * d..]);
+                kernels::online_attention(acc, online, &mut logits[s..], width, qs, k, v, d, scale);
+                s = e;
             }
-            kernels::weighted_sum(&mut out_resident, &weights, width, values_in, d);
-            kernels::weighted_sum(&mut out_chunk, &weights[hw..], width, &values[..(i + 1) * d], d);
-            for ((o, a), b) in
-                outputs[i * row..][..row].iter_mut().zip(&out_resident).zip(&out_chunk)
-            {
-                let sum = *a + *b;
-                if !sum.is_finite() {
-                    return Err(Error::AttentionOverflow { what: "output" });
+            // Chunk tokens before the tile: seen by every query of the tile.
+            let (k, v) = (&keys[..i0 * d], &values[..i0 * d]);
+            kernels::online_attention(acc, online, &mut logits[hw..], width, qs, k, v, d, scale);
+            // The tile's own tokens: token `i` sees `i0..=i`.
+            for i in i0..i1 {
+                let a = (i - i0) * group;
+                let (k, v) = (&keys[i0 * d..(i + 1) * d], &values[i0 * d..(i + 1) * d]);
+                kernels::online_attention(
+                    &mut acc[a * d..(a + group) * d],
+                    &mut online[a..a + group],
+                    &mut logits[a * width + hw + i0..],
+                    width,
+                    &queries[i * row..][..row],
+                    k,
+                    v,
+                    d,
+                    scale,
+                );
+            }
+            kernels::finish_online(acc, online, d);
+            for i in i0..i1 {
+                let seen = hw + i + 1;
+                let rows = &logits[(i - i0) * group * width..][..group * width];
+                attention::softmax_rows(rows, &mut weights, width, group, seen, masked, resident)?;
+                let last = i + 1 == p;
+                for q in 0..group {
+                    let w = &weights[q * width..][..seen];
+                    for (gain, x) in stats.resident_gain.iter_mut().zip(&w[..hw]) {
+                        *gain += x.widen();
+                    }
+                    for (score, x) in stats.chunk_scores.iter_mut().zip(&w[hw..]) {
+                        *score += x.widen();
+                    }
+                    if last {
+                        for (l, x) in stats.resident_last.iter_mut().zip(&w[..hw]) {
+                            *l += x.widen();
+                        }
+                        for (l, x) in stats.chunk_last.iter_mut().zip(&w[hw..]) {
+                            *l += x.widen();
+                        }
+                    }
+                    if let Some((resident, chunk)) = observed.as_mut().filter(|_| i + observe >= p) {
+                        for (o, x) in resident.iter_mut().zip(&w[..hw]) {
+                            *o += x.widen();
+                        }
+                        for (o, x) in chunk.iter_mut().zip(&w[hw..]) {
+                            *o += x.widen();
+                        }
+                    }
                 }
-                *o = T::from_acc(sum);
+                let a = (i - i0) * row;
+                for (o, x) in outputs[i * row..][..row].iter_mut().zip(&acc[a..][..row]) {
+                    if !x.is_finite() {
+                        return Err(Error::AttentionOverflow { what: "output" });
+                    }
+                    *o = T::from_acc(*x);
+                }
             }
         }
         Ok(PrefillPlan { stats, outputs, observed, keep: None })

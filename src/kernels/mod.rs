@@ -30,12 +30,15 @@
 //! - `scalar.rs`: the portable kernels, always compiled;
 //! - `widen.rs`: f16/bf16 rows widened to f32 in stack blocks;
 //! - `simd.rs` (feature `simd`): the AVX2 + FMA kernels through `pulp`;
+//! - `fused.rs` (+ `fused/simd.rs`): one-pass attention with an online
+//!   softmax, used by the caches whenever no slot is masked;
 //! - `tests.rs`: blocked against unblocked, SIMD against scalar.
 
 use num_traits::Zero;
 
 use crate::element::{Accumulator, Element};
 
+mod fused;
 mod scalar;
 #[cfg(feature = "simd")]
 mod simd;
@@ -52,6 +55,21 @@ pub fn simd_isa() -> &'static str {
     return crate::arch::isa();
     #[cfg(not(feature = "simd"))]
     "scalar"
+}
+
+pub use fused::{OnlineSoftmax, attention_one_pass, finish_online, online_attention};
+
+/// The instruction set [`attention_one_pass`] runs with for rows of
+/// `head_dim` elements: `"avx512f"` with the `avx512` feature on a CPU with
+/// AVX-512 when `head_dim` is a multiple of 16, otherwise as [`simd_isa`].
+#[must_use]
+pub fn one_pass_isa(head_dim: usize) -> &'static str {
+    #[cfg(feature = "simd")]
+    if fused::uses_avx512(head_dim) {
+        return "avx512f";
+    }
+    let _ = head_dim;
+    simd_isa()
 }
 
 /// Value rows added together by [`weighted_sum`]: each output element is

@@ -142,7 +142,7 @@ pub(super) fn max_of<A: Accumulator>(row: &[A]) -> A {
 /// contiguous loads. (Explicit lane arrays here made LLVM vectorize across
 /// chunks with strided gathers.)
 #[inline(always)]
-fn axpy4<A: Accumulator>(out: &mut [A], w: [A; ROWS], v: [&[A]; ROWS]) {
+pub(super) fn axpy4<A: Accumulator>(out: &mut [A], w: [A; ROWS], v: [&[A]; ROWS]) {
     let n = out.len();
     let (v0, v1, v2, v3) = (&v[0][..n], &v[1][..n], &v[2][..n], &v[3][..n]);
     for ((((o, a), b), c), e) in out.iter_mut().zip(v0).zip(v1).zip(v2).zip(v3) {
@@ -152,7 +152,7 @@ fn axpy4<A: Accumulator>(out: &mut [A], w: [A; ROWS], v: [&[A]; ROWS]) {
 
 /// `out[i] += w · x[i]`.
 #[inline(always)]
-fn axpy<A: Accumulator>(out: &mut [A], w: A, x: &[A]) {
+pub(super) fn axpy<A: Accumulator>(out: &mut [A], w: A, x: &[A]) {
     for (o, v) in out.iter_mut().zip(x) {
         *o += w * *v;
     }

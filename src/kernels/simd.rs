@@ -115,7 +115,7 @@ const BIAS: u32 = 64 + 127;
 
 /// `exp` of each lane; see above. The same operations as [`exp_one`].
 #[inline(always)]
-fn exp_lanes<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
+pub(in crate::kernels) fn exp_lanes<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
     let x = simd.max_f32s(x, simd.splat_f32s(LOWEST));
     let t =
         simd.mul_add_f32s(x, simd.splat_f32s(core::f32::consts::LOG2_E), simd.splat_f32s(ROUNDER));
@@ -137,7 +137,7 @@ fn exp_lanes<S: Simd>(simd: S, x: S::f32s) -> S::f32s {
 /// One lane of [`exp_lanes`], for row tails: the same operations, so the
 /// same result.
 #[inline(always)]
-fn exp_one(x: f32) -> f32 {
+pub(in crate::kernels) fn exp_one(x: f32) -> f32 {
     let x = if x > LOWEST { x } else { LOWEST };
     let t = x.mul_add(core::f32::consts::LOG2_E, ROUNDER);
     let n = t - ROUNDER;
@@ -171,7 +171,11 @@ impl WithSimd for Dot<'_> {
 /// the scalar tail fused in order. The operations on one row do not depend
 /// on `R`.
 #[inline(always)]
-fn dot_rows<S: Simd, const R: usize>(simd: S, q: &[f32], k: [&[f32]; R]) -> [f32; R] {
+pub(in crate::kernels) fn dot_rows<S: Simd, const R: usize>(
+    simd: S,
+    q: &[f32],
+    k: [&[f32]; R],
+) -> [f32; R] {
     let (qv, qt) = S::as_simd_f32s(q);
     let kv = k.map(|row| S::as_simd_f32s(row));
     let n = qv.len();
@@ -252,7 +256,12 @@ struct Accumulate<'a> {
 /// `out[i] = fma(w[3], v[3][i], fma(w[2], v[2][i], fma(w[1], v[1][i],
 /// fma(w[0], v[0][i], out[i]))))` for the first `R` rows.
 #[inline(always)]
-fn axpy_rows<S: Simd, const R: usize>(simd: S, out: &mut [f32], w: [f32; R], v: [&[f32]; R]) {
+pub(in crate::kernels) fn axpy_rows<S: Simd, const R: usize>(
+    simd: S,
+    out: &mut [f32],
+    w: [f32; R],
+    v: [&[f32]; R],
+) {
     let (ov, ot) = S::as_mut_simd_f32s(out);
     let n = ov.len();
     let vv = v.map(|row| S::as_simd_f32s(row));
