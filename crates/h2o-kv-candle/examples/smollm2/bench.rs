@@ -16,7 +16,7 @@ use crate::common::{self, Result};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Contexts (tokens already in the sequence when decoding starts).
-    #[arg(long, value_delimiter = ',', default_value = "512,2048,8192")]
+    #[arg(long, value_delimiter = ',', default_value = "512,2048")]
     contexts: Vec<usize>,
     /// Decode steps per timed run.
     #[arg(long, default_value_t = 16)]
@@ -24,6 +24,9 @@ pub struct Args {
     /// Interleaved rounds; the table gives the median.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Largest context at which candle-transformers' model is filled (token by token).
+    #[arg(long, default_value_t = 2048)]
+    peer_max: usize,
     /// H2O budget in % of the context (half heavy hitters, half recent).
     #[arg(long, default_value_t = 20.0)]
     budget: f64,
@@ -41,8 +44,9 @@ pub fn run(a: &Args) -> Result<()> {
     if a.steps == 0 || a.rounds == 0 {
         return Err("--steps and --rounds must be at least 1".into());
     }
-    let (path, model, tok) = common::load(a.model.as_deref())?;
+    let (path, model, tok) = common::load(a.model.as_deref(), false)?;
     let c = model.config().clone();
+    let fill_model = model.dequantized()?;
     let text_path = find_data(None, "books/alice29.txt", "alice29.txt; set H2O_KV_DATA=DIR")?;
     let mut ids = tok.encode(&std::fs::read_to_string(&text_path)?)?;
     let longest = a.contexts.iter().copied().max().unwrap_or(0);
@@ -58,28 +62,31 @@ pub fn run(a: &Args) -> Result<()> {
     for &ctx in &a.contexts {
         let prompt = &ids[..ctx];
         let pb = common::bar(3, &format!("fill {ctx}"));
-        // Ours: one shared prefill into the full cache and the H2O cache.
+        // Ours: one shared prefill into the full cache and the H2O cache, run
+        // with f32 products (fast for a batch); decoding then uses the
+        // quantized model on the same caches.
         let budget = ((ctx as f64 * a.budget / 100.0).round() as usize).max(2);
         let mut ours = vec![
-            LlamaCache::new(&c, h2o_kv::Full::new(ctx + a.steps * a.rounds + 1)?.into())?,
+            LlamaCache::new(&c, h2o_kv::Full::new(ctx + a.steps + 1)?.into())?,
             LlamaCache::new(&c, H2O::with_heavy_fraction(budget, 0.5)?.into())?,
         ];
         let first =
-            common::argmax(&model.prefill_shared(&mut ours, prompt)?.to_vec1::<f32>()?) as u32;
+            common::argmax(&fill_model.prefill_shared(&mut ours, prompt)?.to_vec1::<f32>()?) as u32;
         pb.inc(2);
-        let rss_ours = common::current_rss().unwrap_or(0);
-        // Theirs: the same prompt as one prefill (its RoPE table stops at MAX_SEQ_LEN).
-        let peer = if ctx + a.steps * a.rounds < MAX_SEQ_LEN {
+        // Theirs: the same prompt one token at a time (its batched quantized
+        // prefill is slower on a CPU; its RoPE table stops at MAX_SEQ_LEN).
+        let peer = if ctx <= a.peer_max && ctx + a.steps < MAX_SEQ_LEN {
             let (ct, mut r) = llama::open_gguf(&path)?;
             let mut p = ModelWeights::from_gguf(ct, &mut r, &Device::Cpu)?;
-            p.forward(&Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?, 0)?;
+            for (i, &id) in prompt.iter().enumerate() {
+                p.forward(&Tensor::new(&[[id]], &Device::Cpu)?, i)?;
+            }
             Some(p)
         } else {
             None
         };
         pb.inc(1);
         pb.finish_and_clear();
-        let rss_all = common::current_rss().unwrap_or(0);
         let names = ["candle-transformers", "h2o-kv full", "h2o-kv h2o"];
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
         for _ in 0..a.rounds {
@@ -108,7 +115,6 @@ pub fn run(a: &Args) -> Result<()> {
             times.iter().map(|t| (!t.is_empty()).then(|| median(t.clone()))).collect();
         let peer_kv = 2 * c.n_layers * c.n_kv_heads * c.head_dim * ctx * 4;
         let kv = [Some(peer_kv), Some(ours[0].kv_bytes()), Some(ours[1].kv_bytes())];
-        let rss = [rss_all, rss_ours, rss_ours];
         for e in 0..3 {
             let fmt = |x: Option<f64>| x.map_or("n/a".to_string(), |v| format!("{v:.2}"));
             let ratio = |base: Option<f64>| match (tps[e], base) {
@@ -116,18 +122,22 @@ pub fn run(a: &Args) -> Result<()> {
                 _ => "n/a".into(),
             };
             println!(
-                "| {ctx} | {} | {} | {} | {} | {:.1} MiB | {:.0} MiB |",
+                "| {ctx} | {} | {} | {} | {} | {:.1} MiB |",
                 names[e],
                 fmt(tps[e]),
                 ratio(tps[0]),
                 ratio(tps[1]),
                 common::mib(kv[e].unwrap_or(0) as u64),
-                common::mib(rss[e]),
             );
         }
     }
-    if let Some(p) = common::peak_rss() {
-        println!("\npeak RSS of the process: {:.0} MiB", common::mib(p));
+    if let (Some(p), Some(now)) = (common::peak_rss(), common::current_rss()) {
+        println!(
+            "\nprocess RSS: {:.0} MiB now, {:.0} MiB peak (both models, the f32 copy used \
+             for filling, and every cache)",
+            common::mib(now),
+            common::mib(p)
+        );
     }
     println!(
         "candle-transformers' quantized Llama precomputes RoPE for {MAX_SEQ_LEN} positions: \

@@ -12,10 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Errors of the example: the library's, or a message.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Loads the model from `--model` or the default places.
-pub fn load(model: Option<&Path>) -> Result<(PathBuf, Llama, Tokenizer)> {
+/// Loads the model from `--model` or the default places; with `f32`, its
+/// weights dequantized to f32 (see `Llama::dequantized`).
+pub fn load(model: Option<&Path>, f32: bool) -> Result<(PathBuf, Llama, Tokenizer)> {
     let path = find_model(model, SMOLLM2_FILE, SMOLLM2_HINT)?;
     let (m, t) = llama::load(&path)?;
+    let m = if f32 { m.dequantized()? } else { m };
     Ok((path, m, t))
 }
 

@@ -85,7 +85,7 @@ pub fn run(a: &Args) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) || !a.temperature.is_finite() || a.temperature < 0.0 {
         return Err("--top-p must be in (0, 1] and --temperature finite and ≥ 0".into());
     }
-    let (_, model, tok) = common::load(a.model.as_deref())?;
+    let (_, model, tok) = common::load(a.model.as_deref(), false)?;
     let text = if a.chat { tok.chat_prompt(&a.prompt)? } else { a.prompt.clone() };
     let mut prompt = tok.encode(&text)?;
     if a.bos {

@@ -176,6 +176,43 @@ impl Llama {
         Ok(self)
     }
 
+    /// The same model with every quantized weight dequantized to f32, so the
+    /// matrix products run in candle's f32 GEMM instead of its quantized
+    /// kernels. The weights are the same numbers; activations are no longer
+    /// rounded to 8 bits before each product. Costs 4 bytes per parameter
+    /// (about 540 MB for SmolLM2-135M). On a CPU this is much faster for
+    /// batched work (a 512-token teacher-forced window ran 14× faster here)
+    /// and slower for single-token decoding, which is bound by reading the
+    /// weights.
+    ///
+    /// # Errors
+    /// [`Error::Candle`] if a weight cannot be dequantized.
+    pub fn dequantized(&self) -> Result<Self> {
+        let deq = |m: &QMatMul| -> Result<QMatMul> {
+            Ok(match m {
+                QMatMul::QTensor(q) => QMatMul::Tensor(q.dequantize(&q.device())?),
+                other => other.clone(),
+            })
+        };
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    wq: deq(&b.wq)?,
+                    wk: deq(&b.wk)?,
+                    wv: deq(&b.wv)?,
+                    wo: deq(&b.wo)?,
+                    gate: deq(&b.gate)?,
+                    up: deq(&b.up)?,
+                    down: deq(&b.down)?,
+                    ..b.clone()
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { blocks, output: deq(&self.output)?, ..self.clone() })
+    }
+
     /// The model's configuration.
     #[must_use]
     pub fn config(&self) -> &Config {
