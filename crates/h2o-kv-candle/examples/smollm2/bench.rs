@@ -56,9 +56,9 @@ pub fn run(a: &Args) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     println!("threads: {threads} (candle's pool, shared by both models)");
     println!(
-        "| context | engine | tokens/s | × candle-transformers | × our full cache | KV bytes | RSS after fill |"
+        "| context | engine | tokens/s | × candle-transformers | × our full cache | resident KV |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|");
     for &ctx in &a.contexts {
         let prompt = &ids[..ctx];
         let pb = common::bar(3, &format!("fill {ctx}"));

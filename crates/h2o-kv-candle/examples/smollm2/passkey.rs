@@ -143,7 +143,7 @@ fn grid_cases(tok: &Tokenizer, a: &Args) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-fn file_cases(path: &PathBuf) -> Result<Vec<Case>> {
+fn file_cases(path: &std::path::Path) -> Result<Vec<Case>> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut cases = Vec::new();
     for (n, line) in std::io::BufReader::new(f).lines().enumerate() {

@@ -230,7 +230,7 @@ fn print_table(rows: &[Row], window: usize) {
     }
 }
 
-fn write_csv(rows: &[Row], path: &PathBuf, window: usize) -> Result<()> {
+fn write_csv(rows: &[Row], path: &std::path::Path, window: usize) -> Result<()> {
     let mut f = std::fs::File::create(path)?;
     writeln!(
         f,

@@ -131,7 +131,7 @@ impl Tokenizer {
             None => false,
         };
         let chat_system = match ct.metadata.get("tokenizer.chat_template") {
-            Some(v) => v.to_string().ok().and_then(|t| chatml_system(t)),
+            Some(v) => v.to_string().ok().and_then(|t| chatml_system(t.as_str())),
             None => None,
         };
         Ok(Self {
