@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Throughput};
 use h2o_kv::{H2O, LayerCache};
 
-use common::{Tokens, interleaved, quick, report};
+use common::fixtures::{self, Tokens};
+use common::quick;
+use common::ratio::{interleaved, report};
 
 const D: usize = 128;
 const KV_HEADS: usize = 8;
@@ -70,15 +72,15 @@ fn main() {
         return;
     }
     let (fk, fv) = (
-        common::data::<f32>(KV_HEADS * (n + 1) * D, 11),
-        common::data::<f32>(KV_HEADS * (n + 1) * D, 12),
+        fixtures::data::<f32>(KV_HEADS * (n + 1) * D, 11),
+        fixtures::data::<f32>(KV_HEADS * (n + 1) * D, 12),
     );
     let r = interleaved(
         |it| run(&mut gqa, it, &mut t32),
         |it| {
             let t = Instant::now();
             for _ in 0..it {
-                black_box(common::read_floor_f32(black_box(&fk), black_box(&fv)));
+                black_box(fixtures::read_floor_f32(black_box(&fk), black_box(&fv)));
             }
             t.elapsed()
         },

@@ -15,6 +15,7 @@ mod common;
 use criterion::{BenchmarkId, Throughput};
 use h2o_kv::{FullCache, H2OCache, KvCache};
 
+use common::fixtures;
 use common::quick;
 
 const D: usize = 128;
@@ -22,9 +23,9 @@ const D: usize = 128;
 fn main() {
     let mut c = common::criterion();
     let p = if quick() { 512 } else { 2048 };
-    let q = common::data::<f32>(p * D, 1);
-    let k = common::data::<f32>(p * D, 2);
-    let v = common::data::<f32>(p * D, 3);
+    let q = fixtures::data::<f32>(p * D, 1);
+    let k = fixtures::data::<f32>(p * D, 2);
+    let v = fixtures::data::<f32>(p * D, 3);
     let mut out = vec![0.0f32; p * D];
     let mut group = c.benchmark_group("prefill/f32");
     group.sample_size(10);

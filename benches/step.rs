@@ -1,6 +1,8 @@
 //! Decode-step benches: every policy by resident tokens, head_dim and element
 //! type, then the ratios against the baselines (read floor, `FullCache`, a
 //! gather-style cache, f32 for the half types) and the 65,536-token scaling run.
+//! (The accuracy of each element type against f64 is not a timing: it is the
+//! test `tests/element_accuracy.rs`.)
 //!
 //! ```text
 //! cargo bench --bench step                       # everything (a few minutes)
@@ -20,7 +22,9 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use h2o_kv::{Element, EvictionPolicy, H2O, Heavy, KvCache, Recent, kernels};
 
-use common::{FullAt, Tokens, interleaved, quick, report, run_steps, steady};
+use common::fixtures::{self, FullAt, Tokens, run_steps, steady};
+use common::quick;
+use common::ratio::{self, interleaved, report};
 
 /// Bytes of key and value rows a step over `rows` tokens reads.
 fn step_bytes<T>(rows: usize, d: usize) -> u64 {
@@ -166,14 +170,14 @@ fn ratios() {
     let mut h2o = steady(d, H2O::new(n / 2, n / 2).unwrap(), &mut tokens);
 
     // Read floor: the same number of key and value bytes as a step reads.
-    let (fk, fv) = (common::data::<f32>((n + 1) * d, 11), common::data::<f32>((n + 1) * d, 12));
+    let (fk, fv) = (fixtures::data::<f32>((n + 1) * d, 11), fixtures::data::<f32>((n + 1) * d, 12));
     let mut tk = Tokens::<f32>::new(d, d, 7);
     let r = interleaved(
         |it| run_steps(&mut h2o, it, &mut tk),
         |it| {
             let t = Instant::now();
             for _ in 0..it {
-                black_box(common::read_floor_f32(black_box(&fk), black_box(&fv)));
+                black_box(fixtures::read_floor_f32(black_box(&fk), black_box(&fv)));
             }
             t.elapsed()
         },
@@ -238,60 +242,6 @@ fn half_ratios() {
     against_f32::<half::bf16>("bf16");
 }
 
-/// Output error of each element type against an f64 cache fed the same
-/// stream (inputs drawn in f64, rounded to the type): the maximum absolute
-/// error of any output element over 2,048 H2O steps (budget 512, head_dim
-/// 128), and how many steps kept the same positions as f64.
-fn accuracy() {
-    fn run<T: Element>(ty: &str, reference: &[Vec<f64>], kept_ref: &[Vec<u64>]) {
-        let d = 128;
-        let steps = reference.len();
-        let (q, k, v) = (
-            common::data::<f64>(64 * d, 21),
-            common::data::<f64>(64 * d, 22),
-            common::data::<f64>(64 * d, 23),
-        );
-        let conv = |x: &[f64]| -> Vec<T> {
-            x.iter().map(|&y| T::from_acc(<T::Acc as h2o_kv::Accumulator>::narrow(y))).collect()
-        };
-        let (q, k, v) = (conv(&q), conv(&k), conv(&v));
-        let mut cache = h2o_kv::H2OCache::<T>::new(d, 256, 256).unwrap();
-        let (mut max_err, mut same) = (0.0f64, 0);
-        for t in 0..steps {
-            let i = (t * 7 + t / 64) % 64;
-            let out = cache.step(&q[i * d..][..d], &k[i * d..][..d], &v[i * d..][..d]).unwrap();
-            for (o, r) in out.iter().zip(&reference[t]) {
-                max_err = max_err.max((o.to_f64() - r).abs());
-            }
-            same += usize::from(cache.resident_positions() == kept_ref[t]);
-        }
-        println!(
-            "accuracy {ty} vs f64 (h2o 256+256, d128, {steps} steps): max |output error| {max_err:.2e}; kept set equal to f64 in {same}/{steps} steps"
-        );
-    }
-    let (d, steps) = (128, if quick() { 512 } else { 2048 });
-    let (q, k, v) = (
-        common::data::<f64>(64 * d, 21),
-        common::data::<f64>(64 * d, 22),
-        common::data::<f64>(64 * d, 23),
-    );
-    let mut cache = h2o_kv::H2OCache::<f64>::new(d, 256, 256).unwrap();
-    let (mut outs, mut kept) = (Vec::new(), Vec::new());
-    for t in 0..steps {
-        let i = (t * 7 + t / 64) % 64;
-        outs.push(
-            cache.step(&q[i * d..][..d], &k[i * d..][..d], &v[i * d..][..d]).unwrap().to_vec(),
-        );
-        kept.push(cache.resident_positions());
-    }
-    run::<f32>("f32", &outs, &kept);
-    #[cfg(feature = "half")]
-    {
-        run::<half::f16>("f16", &outs, &kept);
-        run::<half::bf16>("bf16", &outs, &kept);
-    }
-}
-
 /// Mean of `xs[range]`.
 fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
@@ -320,8 +270,8 @@ fn scaling() {
          {r:.3} ({} / {}) goal <= 1.10: {}",
         budget + 1,
         budget + window,
-        common::human(late),
-        common::human(early),
+        ratio::human(late),
+        ratio::human(early),
         if r <= 1.10 { "met" } else { "NOT met" }
     );
 
@@ -333,7 +283,7 @@ fn scaling() {
     let mut tokens = Tokens::<f32>::new(d, d, 5);
     for c in 1..=checkpoints {
         let at = total * c / checkpoints - probe;
-        common::fill(&mut full, at, &mut tokens);
+        fixtures::fill(&mut full, at, &mut tokens);
         let mut ts = Vec::with_capacity(probe);
         for _ in 0..probe {
             let (q, k, v) = tokens.next();
@@ -356,9 +306,9 @@ fn scaling() {
     println!(
         "scaling full: slope {:.2} ns per resident token (R² {r2:.3}); step {} at {} tokens, {} at {} tokens",
         slope * 1e9,
-        common::human(points[0].1),
+        ratio::human(points[0].1),
         points[0].0,
-        common::human(points[points.len() - 1].1),
+        ratio::human(points[points.len() - 1].1),
         points[points.len() - 1].0,
     );
 }
@@ -377,9 +327,6 @@ fn main() {
     c.final_summary();
     if common::selected("ratios") {
         ratios();
-    }
-    if common::selected("accuracy") {
-        accuracy();
     }
     if common::selected("scaling") {
         scaling();

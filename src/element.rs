@@ -9,31 +9,56 @@ use num_traits::Float;
 ///
 /// Logits, softmax weights and output sums are computed in the accumulator of
 /// the stored type (see [`Element::Acc`]); accumulated scores are always `f64`.
-pub trait Accumulator: Float + AddAssign + Debug + Default + Send + Sync + 'static {
+/// Sealed: implemented for `f32` and `f64` only (the kernels pick their SIMD
+/// path through a crate-private supertrait).
+pub trait Accumulator:
+    sealed::AsF32 + Float + AddAssign + Debug + Default + Send + Sync + 'static
+{
     /// Widens to `f64` (exact for `f32` and `f64`).
     fn widen(self) -> f64;
     /// Narrows from `f64`, rounding to nearest.
     fn narrow(x: f64) -> Self;
     /// Converts a `usize` (used for `sqrt(head_dim)`).
     fn from_usize(x: usize) -> Self;
-
-    /// `xs` itself when `Self` is `f32`, so the kernels can take their SIMD
-    /// path; `None` for other types. Not meant to be called by users.
-    #[doc(hidden)]
-    #[inline]
-    fn as_f32s(xs: &[Self]) -> Option<&[f32]> {
-        let _ = xs;
-        None
-    }
-
-    /// The mutable form of [`as_f32s`](Self::as_f32s).
-    #[doc(hidden)]
-    #[inline]
-    fn as_f32s_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
-        let _ = xs;
-        None
-    }
 }
+
+/// The crate-private side of [`Accumulator`]: a trait in a private module,
+/// so users can neither implement [`Accumulator`] nor call these casts.
+mod sealed {
+    /// Views a slice of an accumulator type as `f32` when it is `f32`, so the
+    /// kernels can take their SIMD path; `None` for other types.
+    pub trait AsF32: Sized {
+        /// `xs` itself when `Self` is `f32`.
+        #[inline]
+        fn as_f32s(xs: &[Self]) -> Option<&[f32]> {
+            let _ = xs;
+            None
+        }
+
+        /// The mutable form of [`as_f32s`](Self::as_f32s).
+        #[inline]
+        fn as_f32s_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
+            let _ = xs;
+            None
+        }
+    }
+
+    impl AsF32 for f32 {
+        #[inline]
+        fn as_f32s(xs: &[f32]) -> Option<&[f32]> {
+            Some(xs)
+        }
+        #[inline]
+        fn as_f32s_mut(xs: &mut [f32]) -> Option<&mut [f32]> {
+            Some(xs)
+        }
+    }
+
+    impl AsF32 for f64 {}
+}
+
+#[cfg(any(feature = "simd", test))]
+pub(crate) use sealed::AsF32;
 
 impl Accumulator for f32 {
     #[inline]
@@ -47,14 +72,6 @@ impl Accumulator for f32 {
     #[inline]
     fn from_usize(x: usize) -> Self {
         x as f32
-    }
-    #[inline]
-    fn as_f32s(xs: &[f32]) -> Option<&[f32]> {
-        Some(xs)
-    }
-    #[inline]
-    fn as_f32s_mut(xs: &mut [f32]) -> Option<&mut [f32]> {
-        Some(xs)
     }
 }
 
@@ -192,9 +209,11 @@ impl Element for half::f16 {
         // compiler vectorizes with SSE2 measured 1.7× slower than `half` on
         // x86-64 (see BENCHMARKS.md).
         use half::slice::HalfFloatSliceExt;
-        if !crate::kernels::widen_f16(src.reinterpret_cast(), dst) {
-            src.convert_to_f32_slice(dst);
+        #[cfg(feature = "simd")]
+        if crate::arch::widen_f16(src.reinterpret_cast(), dst) {
+            return;
         }
+        src.convert_to_f32_slice(dst);
     }
 }
 

@@ -3,7 +3,8 @@
 /// Everything that can go wrong when building or driving a cache.
 ///
 /// Every fallible call validates its input before it touches the cache, so an
-/// `Err` always leaves the cache exactly as it was before the call.
+/// `Err` always leaves the cache exactly as it was before the call
+/// (`docs/semantics.md §10`).
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -116,10 +117,39 @@ pub enum Error {
         /// Key/value heads.
         n_kv_heads: usize,
     },
+    /// A [`Staged`](crate::Staged) slot handed to
+    /// [`Planner::insert`](crate::Planner::insert) after the planner changed
+    /// (another insert, an eviction or a reset since
+    /// [`Planner::stage`](crate::Planner::stage)).
+    #[error("the staged slot is stale: the planner changed since it was staged; stage again")]
+    StaleStage,
+    /// An attention weight handed to
+    /// [`Planner::add_weights`](crate::Planner::add_weights) is negative or
+    /// not finite (softmax weights lie in `[0, 1]`).
+    #[error("attention weight {index} is {value}, expected a finite value >= 0")]
+    InvalidWeight {
+        /// Index into the weights.
+        index: usize,
+        /// The value, widened to f64.
+        value: f64,
+    },
+    /// A snapshot could not be restored; what went wrong is in the
+    /// [`SnapshotError`]. Nested so that a decode loop matching on [`Error`]
+    /// sees only the decode-loop cases at the top level.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Why [`Cache::from_snapshot`](crate::Cache::from_snapshot) or
+/// [`LayerCache::from_snapshot`](crate::LayerCache::from_snapshot) refused
+/// the bytes; inside [`Error::Snapshot`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
     /// A snapshot ends before its declared contents (cut off in transit or
     /// on disk).
     #[error("snapshot is truncated: {needed} bytes needed, {got} present")]
-    SnapshotTruncated {
+    Truncated {
         /// Bytes the snapshot needs up to the point where it ran out.
         needed: usize,
         /// Bytes it has.
@@ -127,10 +157,10 @@ pub enum Error {
     },
     /// The bytes do not start with the snapshot magic: not a snapshot of this crate.
     #[error("not an h2o-kv snapshot (bad magic)")]
-    SnapshotMagic,
+    Magic,
     /// A snapshot written in a format version this build cannot read.
     #[error("snapshot format version {found} is not supported (this build reads {supported})")]
-    SnapshotVersion {
+    Version {
         /// The version in the snapshot.
         found: u16,
         /// The version this build reads and writes.
@@ -138,7 +168,7 @@ pub enum Error {
     },
     /// The snapshot's checksum does not match its contents (corrupted bytes).
     #[error("snapshot checksum {stored:#018x} does not match its contents ({computed:#018x})")]
-    SnapshotChecksum {
+    Checksum {
         /// Checksum stored in the snapshot.
         stored: u64,
         /// Checksum of the bytes actually present.
@@ -147,7 +177,7 @@ pub enum Error {
     /// The snapshot holds another element type, another kind of cache
     /// (single head vs layer), or a policy the target type cannot hold.
     #[error("snapshot holds {found}, expected {expected}")]
-    SnapshotMismatch {
+    Mismatch {
         /// What the restoring call expected (`"f32"`, `"a layer cache"`,
         /// `"an h2o policy"`, ...).
         expected: &'static str,
@@ -157,7 +187,7 @@ pub enum Error {
     /// The snapshot passed its checksum but describes an impossible cache
     /// (inconsistent slot layout, non-finite data, bad configuration).
     #[error("snapshot is invalid: {reason}")]
-    SnapshotInvalid {
+    Invalid {
         /// What is inconsistent.
         reason: &'static str,
     },

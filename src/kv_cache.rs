@@ -4,7 +4,8 @@ use core::fmt::Debug;
 
 use crate::element::Element;
 use crate::error::Result;
-use crate::store::SlotState;
+use crate::order::StepOrder;
+use crate::planner::Tokens;
 
 /// A single-head KV cache with a fixed memory budget.
 ///
@@ -12,16 +13,17 @@ use crate::store::SlotState;
 /// policies. Every implementation in this crate is a
 /// [`Cache`](crate::Cache) with one of the four policies.
 ///
-/// # Two step orders
-/// - **Transformer order** ([`step`](Self::step), the default; what the
-///   authors' real-drop code does): [`insert`](Self::insert) the new key and
-///   value, [`attend`](Self::attend) with the new query over every resident
-///   token including the new one, then [`evict`](Self::evict) down to the budget.
-/// - **Document order** ([`step_document_order`](Self::step_document_order);
-///   paper Algorithm 1 and the seed walkthrough): attend over the resident
-///   tokens only, then insert and evict.
+/// # Step orders
+/// [`step`](Self::step) is the default order (what the H2O authors'
+/// real-drop code does): [`insert`](Self::insert) the new key and value,
+/// [`attend`](Self::attend) with the new query over every resident token
+/// including the new one, then [`evict`](Self::evict) down to the budget.
+/// [`step_with`](Self::step_with) takes a [`StepOrder`]: attend-insert-evict
+/// (paper Algorithm 1: the query sees only earlier tokens) or
+/// evict-insert-attend (attention over exactly the budget, for models
+/// trained with a sliding window). `docs/semantics.md §2` has the table.
 ///
-/// # Invariants
+/// # Invariants (`docs/semantics.md §4`, §10)
 /// 1. `len() <= budget()` after every call that evicts; `insert` alone can
 ///    take an evicting cache one token over its budget, never more.
 /// 2. The newest `recent_window` tokens (policy-defined) are never evicted.
@@ -70,7 +72,9 @@ pub trait KvCache<T: Element>: Debug + Send {
 
     /// The position the next inserted token will get (tokens inserted so
     /// far, including evicted ones). Apply RoPE at this position before
-    /// inserting its key.
+    /// inserting its key (`docs/semantics.md §7`: positions are absolute, so
+    /// decoding past a model's trained context with an evicting policy
+    /// reaches positions it was never trained on).
     fn next_position(&self) -> u64;
 
     /// The policy's short name (`"full"`, `"recent"`, `"heavy"`, `"h2o"`).
@@ -110,29 +114,35 @@ pub trait KvCache<T: Element>: Debug + Send {
     ///
     /// # Complexity
     /// One scan over the eviction candidates per evicted token: O(budget).
+    /// A [`prefill`](Self::prefill) evicts all its excess at once, with one
+    /// sort by the same order.
     fn evict(&mut self) -> &[u64];
 
-    /// One decode step in transformer order: insert → attend → evict.
-    /// Returns the attention output `[head_dim]`, computed before the
-    /// eviction (an evicted token still contributes to this step).
+    /// One decode step in the default order: insert → attend → evict
+    /// ([`StepOrder::InsertAttendEvict`]). Returns the attention output
+    /// `[head_dim]`, computed before the eviction (an evicted token still
+    /// contributes to this step).
     ///
     /// # Errors
     /// As [`insert`](Self::insert) and [`attend`](Self::attend); checked
     /// before anything changes.
     fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]>;
 
-    /// One decode step in document order: attend → insert → evict (paper
-    /// Algorithm 1: the query sees only tokens cached before it).
+    /// One decode step in `order` (see [`StepOrder`]); `step_with(StepOrder::default(), …)`
+    /// is [`step`](Self::step). Returns the attention output `[head_dim]`.
     ///
     /// # Errors
-    /// As [`step`](Self::step).
-    fn step_document_order(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]>;
+    /// As [`step`](Self::step), checked before anything changes. In
+    /// evict-insert-attend order too: the eviction is planned, the attention
+    /// computed, and only then is anything evicted.
+    fn step_with(&mut self, order: StepOrder, query: &[T], key: &[T], value: &[T]) -> Result<&[T]>;
 
     /// Prefill of `P` prompt tokens as one call: causal attention (row `i`
     /// sees every resident token and prompt tokens `0..=i`), each token's score
     /// gains its column sum, outputs are written to `out`, then the cache
     /// evicts once down to the budget (keeping the `recent` newest and the
-    /// highest-scoring others).
+    /// highest-scoring others; `docs/semantics.md §3`; a decode step's
+    /// eviction is [`evict`](Self::evict)).
     ///
     /// Prompt row `i` becomes the token at position `next_position() + i`
     /// (read before the call): apply RoPE to its query and key there.
@@ -157,8 +167,8 @@ pub trait KvCache<T: Element>: Debug + Send {
     /// (not position order).
     fn tokens(&self) -> Tokens<'_>;
 
-    /// Positions evicted by the last call (`evict`, `step`,
-    /// `step_document_order` or `prefill`), ascending; empty after any other call.
+    /// Positions evicted by the last call (`evict`, `step`, `step_with` or
+    /// `prefill`), ascending; empty after any other call.
     fn last_evicted(&self) -> &[u64];
 
     /// Forgets every token and score and restarts positions at 0, keeping the
@@ -182,45 +192,6 @@ pub trait KvCache<T: Element>: Debug + Send {
     /// The accumulated score of the token at `position`, if it is resident.
     fn score_of(&self, position: u64) -> Option<f64> {
         self.tokens().find(|t| t.position == position).map(|t| t.score)
-    }
-}
-
-/// A resident token as reported by [`KvCache::tokens`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Token {
-    /// Absolute token position.
-    pub position: u64,
-    /// Accumulated attention score (sum of softmax weights; no unit).
-    pub score: f64,
-}
-
-/// Iterator over resident tokens, in slot order. See [`KvCache::tokens`].
-#[derive(Debug, Clone)]
-pub struct Tokens<'a> {
-    positions: &'a [u64],
-    states: &'a [SlotState],
-    scores: &'a [f64],
-    slot: usize,
-}
-
-impl<'a> Tokens<'a> {
-    pub(crate) fn new(positions: &'a [u64], states: &'a [SlotState], scores: &'a [f64]) -> Self {
-        Self { positions, states, scores, slot: 0 }
-    }
-}
-
-impl Iterator for Tokens<'_> {
-    type Item = Token;
-
-    fn next(&mut self) -> Option<Token> {
-        while self.slot < self.states.len() {
-            let s = self.slot;
-            self.slot += 1;
-            if self.states[s] != SlotState::Free {
-                return Some(Token { position: self.positions[s], score: self.scores[s] });
-            }
-        }
-        None
     }
 }
 
@@ -255,8 +226,8 @@ impl<T: Element, C: KvCache<T> + ?Sized> KvCache<T> for Box<C> {
     fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
         (**self).step(query, key, value)
     }
-    fn step_document_order(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
-        (**self).step_document_order(query, key, value)
+    fn step_with(&mut self, order: StepOrder, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+        (**self).step_with(order, query, key, value)
     }
     fn prefill(&mut self, queries: &[T], keys: &[T], values: &[T], out: &mut [T]) -> Result<()> {
         (**self).prefill(queries, keys, values, out)

@@ -1,12 +1,13 @@
 //! `LayerCache`: one attention layer, multi-head or grouped-query (GQA).
 
 use crate::cache::Cache;
+use crate::cache::decode::{Computed, Cover};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::order::StepOrder;
+use crate::planner::{EvictFirst, Staged, try_vec};
 use crate::policy::EvictionPolicy;
-use crate::prefill;
-use crate::store::try_vec;
 
 /// A layer's KV cache: one [`Cache`] per KV head, all under the same policy.
 ///
@@ -18,7 +19,7 @@ use crate::store::try_vec;
 ///   whole group of `g` query heads.
 /// - A KV head's accumulated score for a token is the **sum** of its `g` query
 ///   heads' softmax weights (the mean gives the same decisions, since each KV
-///   head evicts on its own).
+///   head evicts on its own; `docs/semantics.md §6`).
 /// - Each KV head evicts independently, so different heads may keep different
 ///   positions (as in the authors' code, per head).
 ///
@@ -52,6 +53,34 @@ pub struct LayerCache<T: Element, P: EvictionPolicy> {
     head_dim: usize,
     /// `[n_heads × head_dim]`: outputs of the last step or attend.
     out: Vec<T>,
+    /// Each head's staged slot and computed attention between the check
+    /// phase and the commit phase of a call (empty otherwise).
+    pending: Pending,
+}
+
+/// One head's work between the check phase and the commit phase of a layer
+/// call: what the commit needs, by step order.
+#[derive(Debug)]
+enum HeadWork {
+    /// Insert-attend-evict: the staged slot, then the attention.
+    Insert(Staged, Computed),
+    /// Attend-insert-evict (and plain `attend`, with no slot): the attention,
+    /// then the staged slot.
+    Attend(Option<Staged>, Computed),
+    /// Evict-insert-attend: the planned evictions and slot, then the attention.
+    Evict(EvictFirst, Computed),
+}
+
+/// Room for one [`HeadWork`] per KV head, allocated once: a clone keeps the
+/// capacity (a derived `Clone` would not, and the clone's first step would
+/// allocate).
+#[derive(Debug, Default)]
+struct Pending(Vec<HeadWork>);
+
+impl Clone for Pending {
+    fn clone(&self) -> Self {
+        Pending(Vec::with_capacity(self.0.capacity()))
+    }
 }
 
 impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
@@ -86,7 +115,17 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
             .try_reserve_exact(n_kv_heads)
             .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
         heads.resize(n_kv_heads, head);
-        Ok(Self { heads, n_heads, head_dim, out: try_vec(out_len, T::default())? })
+        let mut pending = Vec::new();
+        pending
+            .try_reserve_exact(n_kv_heads)
+            .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
+        Ok(Self {
+            heads,
+            n_heads,
+            head_dim,
+            out: try_vec(out_len, T::default())?,
+            pending: Pending(pending),
+        })
     }
 
     /// The same layer with softmax scale `scale` on every head.
@@ -94,9 +133,9 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     /// # Errors
     /// [`Error::InvalidScale`] unless `scale` is finite and positive.
     pub fn with_scale(self, scale: f64) -> Result<Self> {
-        let Self { heads, n_heads, head_dim, out } = self;
+        let Self { heads, n_heads, head_dim, out, pending } = self;
         let heads = heads.into_iter().map(|h| h.with_scale(scale)).collect::<Result<_>>()?;
-        Ok(Self { heads, n_heads, head_dim, out })
+        Ok(Self { heads, n_heads, head_dim, out, pending })
     }
 
     /// Query heads.
@@ -196,70 +235,84 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         &x[h * self.head_dim..][..self.head_dim]
     }
 
-    /// Copies each head's committed outputs into the layer output.
-    /// With `staged`, first occupies each head's staged slot (its vacant
-    /// slot: staging and computing change nothing, so it is still the one
-    /// `stage` wrote). Re-deriving it keeps `step` free of a per-call list,
-    /// which allocated with more than 16 KV heads.
-    fn commit_all(&mut self, staged: bool) {
-        let g = self.group_size() * self.head_dim;
-        for (h, head) in self.heads.iter_mut().enumerate() {
-            if staged {
-                let slot = head.store().vacant_slot().expect("a staged slot is vacant");
-                head.commit_insert(slot);
-            }
-            let out = head.commit_attention();
-            self.out[h * g..][..g].copy_from_slice(out);
-        }
-    }
-
-    /// One decode step in transformer order for every head: insert, attend,
-    /// evict. Returns the output `[n_heads × head_dim]`, borrowed from the layer:
-    /// copy it out (`to_vec`, `copy_from_slice`) before the next call.
+    /// One decode step in insert-attend-evict order for every head. Returns
+    /// the output `[n_heads × head_dim]`, borrowed from the layer: copy it
+    /// out (`to_vec`, `copy_from_slice`) before the next call.
     ///
     /// # Errors
     /// [`Error::LengthMismatch`], [`Error::NonFinite`],
     /// [`Error::CapacityExceeded`], [`Error::AttentionOverflow`], as for
     /// [`KvCache::step`]; checked for every head before any changes.
     pub fn step(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
-        self.check_query(query)?;
-        self.check_key_value(key, value)?;
-        for h in 0..self.heads.len() {
-            let (k, v, q) = (self.row(key, h), self.row(value, h), self.group_query(query, h));
-            let head = &mut self.heads[h];
-            let slot = head.stage(k, v);
-            head.compute(q, Some(slot))?;
-        }
-        self.commit_all(true);
-        self.heads.iter_mut().for_each(Cache::evict_to_budget);
-        Ok(&self.out)
+        self.step_with(StepOrder::InsertAttendEvict, query, key, value)
     }
 
-    /// One decode step in document order: attend, insert, evict.
+    /// One decode step in `order` for every head (see [`StepOrder`]).
     ///
     /// # Errors
     /// As [`step`](Self::step).
-    pub fn step_document_order(&mut self, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+    pub fn step_with(
+        &mut self,
+        order: StepOrder,
+        query: &[T],
+        key: &[T],
+        value: &[T],
+    ) -> Result<&[T]> {
         self.check_query(query)?;
         self.check_key_value(key, value)?;
-        self.compute_all(query)?;
-        self.commit_all(false);
+        self.pending.0.clear();
         for h in 0..self.heads.len() {
-            let (k, v) = (self.row(key, h), self.row(value, h));
+            let (k, v, q) = (self.row(key, h), self.row(value, h), self.group_query(query, h));
             let head = &mut self.heads[h];
-            let slot = head.stage(k, v);
-            head.commit_insert(slot);
-            head.evict_to_budget();
+            let work = match order {
+                StepOrder::InsertAttendEvict => {
+                    let staged = head.stage(k, v)?;
+                    let computed = head.compute(q, Cover::with(&staged))?;
+                    HeadWork::Insert(staged, computed)
+                }
+                StepOrder::AttendInsertEvict => {
+                    let staged = head.stage(k, v)?;
+                    let computed = head.compute(q, Cover::RESIDENT)?;
+                    HeadWork::Attend(Some(staged), computed)
+                }
+                StepOrder::EvictInsertAttend => {
+                    let plan = head.stage_evict_first(k, v)?;
+                    let cover = Cover { staged: Some(plan.staged.slot()), gone: &plan.victims };
+                    let computed = head.compute(q, cover)?;
+                    HeadWork::Evict(plan, computed)
+                }
+            };
+            self.pending.0.push(work);
+        }
+        // Nothing can fail from here on.
+        let g = self.group_size() * self.head_dim;
+        for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
+            let out = match work {
+                HeadWork::Insert(staged, computed) => {
+                    head.commit_insert(staged);
+                    head.commit_attention(computed)
+                }
+                HeadWork::Attend(staged, computed) => {
+                    let out = head.commit_attention(computed);
+                    self.out[h * g..][..g].copy_from_slice(out);
+                    if let Some(staged) = staged {
+                        head.commit_insert_after_attention(staged);
+                    }
+                    head.evict_to_budget();
+                    continue;
+                }
+                HeadWork::Evict(EvictFirst { victims, staged }, computed) => {
+                    head.commit_insert(staged);
+                    head.commit_evictions(&victims);
+                    head.commit_attention(computed)
+                }
+            };
+            self.out[h * g..][..g].copy_from_slice(out);
+            if order == StepOrder::InsertAttendEvict {
+                head.evict_to_budget();
+            }
         }
         Ok(&self.out)
-    }
-
-    fn compute_all(&mut self, query: &[T]) -> Result<()> {
-        for h in 0..self.heads.len() {
-            let q = self.group_query(query, h);
-            self.heads[h].compute(q, None)?;
-        }
-        Ok(())
     }
 
     /// Attends with `query` `[n_heads × head_dim]` over every head's resident
@@ -269,10 +322,22 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     /// [`Error::LengthMismatch`], [`Error::NonFinite`], [`Error::AttentionOverflow`].
     pub fn attend(&mut self, query: &[T]) -> Result<&[T]> {
         self.check_query(query)?;
-        self.compute_all(query)?;
-        self.commit_all(false);
-        // As `KvCache::attend`: a call that evicts nothing reports nothing.
-        self.heads.iter_mut().for_each(|h| h.parts_mut().last_evicted.clear());
+        self.pending.0.clear();
+        for h in 0..self.heads.len() {
+            let q = self.group_query(query, h);
+            let computed = self.heads[h].compute(q, Cover::RESIDENT)?;
+            self.pending.0.push(HeadWork::Attend(None, computed));
+        }
+        let g = self.group_size() * self.head_dim;
+        for (h, (head, work)) in self.heads.iter_mut().zip(self.pending.0.drain(..)).enumerate() {
+            // As `KvCache::attend`: a call that evicts nothing reports nothing.
+            head.clear_evicted();
+            let (HeadWork::Attend(_, computed)
+            | HeadWork::Insert(_, computed)
+            | HeadWork::Evict(_, computed)) = work;
+            let out = head.commit_attention(computed);
+            self.out[h * g..][..g].copy_from_slice(out);
+        }
         Ok(&self.out)
     }
 
@@ -291,9 +356,18 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         Ok(position)
     }
 
-    /// Evicts every head down to the budget.
-    pub fn evict(&mut self) {
+    /// Evicts every head down to the budget and returns what each KV head
+    /// evicted (positions ascending per head; heads evict independently, so
+    /// the lists can differ), as [`KvCache::evict`] does for one head.
+    pub fn evict(&mut self) -> EvictedByHead<'_, T, P> {
         self.heads.iter_mut().for_each(Cache::evict_to_budget);
+        EvictedByHead { heads: &self.heads }
+    }
+
+    /// What each KV head evicted in the last call (see [`evict`](Self::evict)).
+    #[must_use]
+    pub fn last_evicted(&self) -> EvictedByHead<'_, T, P> {
+        EvictedByHead { heads: &self.heads }
     }
 
     /// Prefill of `P` tokens for every head (see [`KvCache::prefill`]):
@@ -334,17 +408,55 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
             let q = gather(queries, self.n_heads * d, h * g * d, g * d);
             let k = gather(keys, kv_row, h * d, d);
             let v = gather(values, kv_row, h * d, d);
-            let plan = prefill::plan(head, g, &q, &k, &v)?;
+            let plan = head.plan_prefill(g, &q, &k, &v)?;
             plans.push((plan, k, v));
         }
         for (h, (plan, k, v)) in plans.iter().enumerate() {
-            prefill::commit(&mut self.heads[h], plan, k, v);
+            self.heads[h].commit_prefill(plan, k, v);
             for i in 0..p {
                 out[i * self.n_heads * d + h * g * d..][..g * d]
                     .copy_from_slice(&plan.outputs[i * g * d..][..g * d]);
             }
         }
         Ok(())
+    }
+}
+
+/// The positions each KV head of a layer evicted in the last call, head by
+/// head; see [`LayerCache::evict`].
+#[derive(Debug, Clone, Copy)]
+pub struct EvictedByHead<'a, T: Element, P: EvictionPolicy> {
+    heads: &'a [Cache<T, P>],
+}
+
+impl<'a, T: Element, P: EvictionPolicy> EvictedByHead<'a, T, P> {
+    /// KV heads.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Always false: a layer has at least one KV head.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+
+    /// The positions KV head `kv_head` evicted, ascending; `None` out of range.
+    #[must_use]
+    pub fn head(&self, kv_head: usize) -> Option<&'a [u64]> {
+        self.heads.get(kv_head).map(|h| h.planner().last_evicted())
+    }
+
+    /// Each head's evicted positions, in head order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u64]> + 'a {
+        self.heads.iter().map(|h| h.planner().last_evicted())
+    }
+
+    /// Evicted positions over all heads.
+    #[must_use]
+    pub fn total(&self) -> usize {
+        self.iter().map(<[u64]>::len).sum()
     }
 }
 
@@ -393,6 +505,31 @@ mod tests {
         for ((t, ta), tb) in head.tokens().zip(a.tokens()).zip(b.tokens()) {
             assert!((t.score - (ta.score + tb.score)).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn evict_reports_each_head() {
+        // Two KV heads whose keys favour different tokens keep different ones.
+        let mut layer = LayerCache::<f64, _>::new(2, 2, 1, H2O::new(1, 1).unwrap()).unwrap();
+        for t in 0..3 {
+            let k = if t == 0 { [3.0, -3.0] } else { [0.0, 0.0] };
+            layer.insert(&k, &[0.0, 0.0]).unwrap();
+            layer.attend(&[1.0, 1.0]).unwrap();
+            let evicted = layer.evict();
+            assert_eq!(evicted.len(), 2);
+            if t == 2 {
+                // Head 0 keeps token 0 (its heavy hitter) and evicts 1; head 1
+                // gave token 0 the least weight and evicts it.
+                assert_eq!(evicted.head(0), Some(&[1u64][..]));
+                assert_eq!(evicted.head(1), Some(&[0u64][..]));
+                assert_eq!(evicted.total(), 2);
+            } else {
+                assert_eq!(evicted.total(), 0);
+            }
+        }
+        assert_eq!(layer.last_evicted().iter().collect::<Vec<_>>(), [&[1u64][..], &[0u64][..]]);
+        assert_eq!(layer.heads()[0].resident_positions(), [0, 2]);
+        assert_eq!(layer.heads()[1].resident_positions(), [1, 2]);
     }
 
     #[test]

@@ -18,7 +18,37 @@
 //! - [`AnyPolicy`]: any of the four, chosen at run time
 //!   (`Cache::<f32, AnyPolicy>::with_policy(head_dim, H2O::new(64, 64)?.into())`).
 //! - [`LayerCache`]: a whole layer, multi-head or grouped-query (GQA).
-//! - [`KvCache`]: the object-safe trait all four implement.
+//! - [`KvCache`]: the object-safe trait all four implement; [`StepOrder`]
+//!   picks one of the three step orders (`docs/semantics.md §2`).
+//! - [`Planner`]: the eviction decisions alone (slots, positions, scores,
+//!   policy) for engines that keep K/V elsewhere and run their own attention.
+//!
+//! # How this differs from candle's KV caches
+//! candle-nn's `KvCache` and `RotatingKvCache` (and mistral.rs's caches)
+//! *store*: they append key/value tensors and hand them back, and the model
+//! runs whatever attention kernel it likes. A score-based policy needs the
+//! softmax weights, so h2o-kv's caches *own* the attention: [`Cache`] and
+//! [`LayerCache`] compute it with the crate's kernels and update the scores
+//! in the same call. The [`Planner`] is the other way round: it owns neither
+//! rows nor attention, only the decisions; the caller writes row
+//! [`Staged::slot`] of its own buffers, runs its own (flash, GPU) attention
+//! and hands the weights back with [`Planner::add_weights`].
+//!
+//! # Where things live
+//! | module | what |
+//! |---|---|
+//! | `planner` | [`Planner`]: slot table, positions, f64 scores, per-token statistics, policy; no K/V rows (`docs/semantics.md §9`) |
+//! | `cache` | [`Cache`] = planner + K/V rows + kernels: the decode phases, the three step orders, prefill, the shared softmax, the four aliases |
+//! | `layer` | [`LayerCache`]: one cache per KV head, GQA grouping, all heads checked before any changes |
+//! | [`policy`] | the policies: leaves that compare [`Candidate`]s, knowing nothing of caches |
+//! | [`kernels`] | attention arithmetic over slices: public API, scalar, f16/bf16 widening, SIMD |
+//! | `arch` | run-time CPU detection for SIMD (a leaf both kernels and element types use) |
+//! | `element` | [`Element`] and [`Accumulator`]: the stored and the computed float types |
+//! | `order` | [`StepOrder`] |
+//! | `kv_cache` | the [`KvCache`] trait |
+//! | [`snapshot`] | the byte format of [`Cache::snapshot`] and [`LayerCache::snapshot`] |
+//! | `trace` | [`Trace`]: an opt-in record of kept and evicted positions and scores, step by step |
+//! | `error` | [`Error`] |
 //!
 //! # Example: a decode step
 //! ```
@@ -79,28 +109,33 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "simd")]
+mod arch;
 mod cache;
 mod element;
 mod error;
 pub mod kernels;
 mod kv_cache;
 mod layer;
+mod order;
+mod planner;
 pub mod policy;
-mod prefill;
 pub mod snapshot;
-mod store;
+mod trace;
 
-pub use cache::{AttentionEntry, Cache, MAX_HEAD_DIM};
+pub use cache::{AttentionEntry, Cache, FullCache, H2OCache, HeavyOnly, MAX_HEAD_DIM, RecentOnly};
 pub use element::{Accumulator, Element};
-pub use error::{Error, Result};
-pub use kv_cache::{KvCache, Token, Tokens};
-pub use layer::LayerCache;
+pub use error::{Error, Result, SnapshotError};
+pub use kv_cache::KvCache;
+pub use layer::{EvictedByHead, LayerCache};
+pub use order::{StepOrder, UnknownName};
+pub use planner::{Evicted, Planner, PrefillStats, Staged, Token, Tokens};
 #[doc(inline)]
 pub use policy::{
-    AnyPolicy, Candidate, EvictionPolicy, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly,
-    MAX_BUDGET, Recent, RecentOnly, TieRule,
+    AnyPolicy, Candidate, EvictionPolicy, Full, H2O, Heavy, MAX_BUDGET, PolicyKind, Recent, TieRule,
 };
 pub use snapshot::{SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy};
+pub use trace::{Trace, TraceStep};
 
 /// The README's code blocks, compiled and run as doctests.
 #[doc = include_str!("../README.md")]

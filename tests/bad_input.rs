@@ -195,7 +195,13 @@ fn bad_calls<T: Num>() -> Vec<BadCall<T>> {
                 length,
                 Box::new(move |c| {
                     if doc {
-                        c.step_document_order(&args[0], &args[1], &args[2]).map(drop)
+                        c.step_with(
+                            h2o_kv::StepOrder::AttendInsertEvict,
+                            &args[0],
+                            &args[1],
+                            &args[2],
+                        )
+                        .map(drop)
                     } else {
                         c.step(&args[0], &args[1], &args[2]).map(drop)
                     }
@@ -263,7 +269,13 @@ fn bad_calls<T: Num>() -> Vec<BadCall<T>> {
                         non_finite,
                         Box::new(move |c| {
                             if doc {
-                                c.step_document_order(&args[0], &args[1], &args[2]).map(drop)
+                                c.step_with(
+                                    h2o_kv::StepOrder::AttendInsertEvict,
+                                    &args[0],
+                                    &args[1],
+                                    &args[2],
+                                )
+                                .map(drop)
                             } else {
                                 c.step(&args[0], &args[1], &args[2]).map(drop)
                             }
@@ -316,7 +328,9 @@ fn bad_calls<T: Num>() -> Vec<BadCall<T>> {
         let mut call = bad(
             format!("step_document_order huge q sign {sign}"),
             overflow,
-            Box::new(move |c| c.step_document_order(&h, &p, &p).map(drop)),
+            Box::new(move |c| {
+                c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &h, &p, &p).map(drop)
+            }),
         );
         call.needs_tokens = true;
         table.push(call);
@@ -336,7 +350,7 @@ fn capacity_calls<T: Num>(full: bool) -> Vec<BadCall<T>> {
     table.push(bad(
         "step_document_order",
         capacity,
-        Box::new(move |c| c.step_document_order(&q, &k, &v).map(drop)),
+        Box::new(move |c| c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).map(drop)),
     ));
     if full {
         let (pq, pk, pv) = qkv::<T>(8, 3 * D);
@@ -675,7 +689,9 @@ fn check_layer<T: Num, P: SnapshotPolicy>(label: &str, policy: P) {
         let (q, k, vs) = (q.clone(), k.clone(), vs.clone());
         cases.push((
             "step_document_order v of n_heads".into(),
-            Box::new(move |l| l.step_document_order(&q, &k, &vs).map(drop)),
+            Box::new(move |l| {
+                l.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &vs).map(drop)
+            }),
             length,
         ));
     }
@@ -795,7 +811,9 @@ fn check_layer<T: Num, P: SnapshotPolicy>(label: &str, policy: P) {
         let k2 = k.clone();
         cases.push((
             "step_document_order overflow in last head".into(),
-            Box::new(move |l| l.step_document_order(&oq2, &k2, &v2).map(drop)),
+            Box::new(move |l| {
+                l.step_with(h2o_kv::StepOrder::AttendInsertEvict, &oq2, &k2, &v2).map(drop)
+            }),
             overflow,
         ));
     }
@@ -845,7 +863,9 @@ fn check_layer<T: Num, P: SnapshotPolicy>(label: &str, policy: P) {
         }
         let before = layer_dump(&l);
         assert!(capacity(&l.step(&q, &k, &v).unwrap_err()));
-        assert!(capacity(&l.step_document_order(&q, &k, &v).unwrap_err()));
+        assert!(capacity(
+            &l.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).unwrap_err()
+        ));
         assert!(capacity(&l.insert(&k, &v).unwrap_err()));
         assert!(capacity(&l.prefill(&q, &k, &v, &mut vec![T::default(); h * D]).unwrap_err()));
         assert!(layer_dump(&l) == before, "{label}: full layer changed");
@@ -876,7 +896,7 @@ fn check_subnormals<T: Num, P: SnapshotPolicy>(make: impl Fn() -> Cache<T, P>) {
         let mut args = [q.clone(), k.clone(), v.clone()];
         args[arg] = sub.clone();
         let out = if doc {
-            c.step_document_order(&args[0], &args[1], &args[2])
+            c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &args[0], &args[1], &args[2])
         } else {
             c.step(&args[0], &args[1], &args[2])
         }

@@ -8,6 +8,9 @@
 
 use std::thread;
 
+mod common;
+use common::Rng;
+
 use h2o_kv::{
     AnyPolicy, Cache, Error, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly, KvCache, LayerCache,
     Recent, RecentOnly,
@@ -36,16 +39,10 @@ const _: () = {
     assert_sync::<Error>();
 };
 
-/// splitmix64.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
+/// Input `j` of `step` in sequence `seq`, in `[-1, 1)`: one splitmix64 output
+/// per (sequence, step, element), so any thread computes it alone.
 fn input(seq: u64, step: u64, j: usize) -> f32 {
-    let r = mix(seq.wrapping_mul(1_000_003) ^ step.wrapping_mul(131) ^ j as u64);
+    let r = Rng::new(seq.wrapping_mul(1_000_003) ^ step.wrapping_mul(131) ^ j as u64).next_u64();
     (r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
 }
 

@@ -15,9 +15,9 @@
 
 use h2o_kv::{AnyPolicy, Cache, EvictionPolicy, H2O, Heavy, KvCache, TieRule};
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+mod common;
+
+use common::Rng;
 
 /// Neumaier's compensated sum: `sum + comp` is the running total with an
 /// error bounded independently of the number of terms.
@@ -107,7 +107,7 @@ fn run(steps: u64, policy: AnyPolicy, tie: TieRule, seed: u64) -> Summary {
     let (recent, budget) = (policy.recent_window(), policy.budget());
     let mut reference = Reference { recent, budget, tie, tokens: Vec::new() };
     let mut keys: Vec<(u64, Vec<f32>)> = Vec::new();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut summary = Summary::default();
     let mut prev = [0.0f32; D];
     for step in 0..steps {
@@ -122,20 +122,20 @@ fn run(steps: u64, policy: AnyPolicy, tie: TieRule, seed: u64) -> Summary {
         if step == 0 {
             k[0] = 1.0;
         } else {
-            let r: Vec<f64> = (1..D).map(|_| rng.unit()).collect();
+            let r: Vec<f64> = (1..D).map(|_| rng.signed()).collect();
             let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-3);
             for j in 1..D {
                 k[j] = (r[j - 1] / n) as f32;
             }
         }
-        let (a, b) = (105.0 + rng.unit(), 105.0 + rng.unit());
+        let (a, b) = (105.0 + rng.signed(), 105.0 + rng.signed());
         let mut q = [0.0f32; D];
         q[0] = a as f32;
         for j in 1..D {
             q[j] = (b * f64::from(prev[j])) as f32;
         }
         prev = k;
-        let v: [f32; D] = [0.0; D].map(|_| rng.unit() as f32);
+        let v: [f32; D] = [0.0; D].map(|_| rng.signed() as f32);
 
         let position = cache.insert(&k, &v).unwrap();
         reference.insert(position);

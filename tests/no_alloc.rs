@@ -3,7 +3,7 @@
 //! A counting global allocator (`stats_alloc`) wraps the system allocator;
 //! each check builds and warms a cache (allocation allowed), then counts the
 //! allocations made by many decode calls, which must be zero. Covered:
-//! `step`, `step_document_order`, `insert`/`attend`/`evict` for every policy
+//! `step`, `step_with(AttendInsertEvict)`, `insert`/`attend`/`evict` for every policy
 //! and element type, through `Cache`, `AnyPolicy` and `Box<dyn KvCache>`, and
 //! the same calls on `LayerCache` (GQA and plain multi-head with many heads).
 //! A failed call must not allocate either.
@@ -12,6 +12,9 @@
 //! so no other thread may allocate while a region is measured.
 
 use std::alloc::System;
+
+mod common;
+use common::Rng;
 
 use h2o_kv::{
     AnyPolicy, Cache, Element, EvictionPolicy, Full, H2O, Heavy, KvCache, LayerCache, Recent,
@@ -26,16 +29,7 @@ const STEPS: usize = 200;
 
 /// Deterministic inputs in `[-1, 1)`, converted to `T`.
 fn rows<T: Element>(len: usize, seed: u64) -> Vec<T> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
-            T::from_acc(<T::Acc as h2o_kv::Accumulator>::narrow(2.0 * u - 1.0))
-        })
-        .collect()
+    Rng::new(seed).uniform(len, 1.0)
 }
 
 /// Runs `f` and panics if it allocated or reallocated.
@@ -60,7 +54,9 @@ fn check_cache<T: Element, C: KvCache<T>>(label: &str, mut cache: C) {
     let row = |x: &[T], i: usize| -> Vec<T> { x[(i % STEPS) * d..][..d].to_vec() };
     // Warm up: one of each call, so any lazy state exists.
     cache.step(&row(&q, 0), &row(&k, 0), &row(&v, 0)).unwrap();
-    cache.step_document_order(&row(&q, 1), &row(&k, 1), &row(&v, 1)).unwrap();
+    cache
+        .step_with(h2o_kv::StepOrder::AttendInsertEvict, &row(&q, 1), &row(&k, 1), &row(&v, 1))
+        .unwrap();
     let bad = vec![T::default(); d + 1];
     assert_no_alloc(&format!("{label} step"), || {
         for i in 0..STEPS {
@@ -72,7 +68,14 @@ fn check_cache<T: Element, C: KvCache<T>>(label: &str, mut cache: C) {
     assert_no_alloc(&format!("{label} step_document_order"), || {
         for i in 0..STEPS {
             let r = i * d;
-            cache.step_document_order(&q[r..][..d], &k[r..][..d], &v[r..][..d]).unwrap();
+            cache
+                .step_with(
+                    h2o_kv::StepOrder::AttendInsertEvict,
+                    &q[r..][..d],
+                    &k[r..][..d],
+                    &v[r..][..d],
+                )
+                .unwrap();
         }
     });
     cache.reset();
@@ -121,7 +124,7 @@ fn check_layer<T: Element>(label: &str, n_heads: usize, n_kv_heads: usize) {
     let (qw, kw) = (n_heads * d, n_kv_heads * d);
     let (q, k, v) = (rows::<T>(STEPS * qw, 4), rows::<T>(STEPS * kw, 5), rows::<T>(STEPS * kw, 6));
     layer.step(&q[..qw], &k[..kw], &v[..kw]).unwrap();
-    layer.step_document_order(&q[..qw], &k[..kw], &v[..kw]).unwrap();
+    layer.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q[..qw], &k[..kw], &v[..kw]).unwrap();
     let label = format!("{label} (q{n_heads} kv{n_kv_heads})");
     assert_no_alloc(&format!("{label} step"), || {
         for i in 0..STEPS {
@@ -131,7 +134,7 @@ fn check_layer<T: Element>(label: &str, n_heads: usize, n_kv_heads: usize) {
     assert_no_alloc(&format!("{label} step_document_order"), || {
         for i in 0..STEPS {
             let (qi, ki, vi) = (&q[i * qw..][..qw], &k[i * kw..][..kw], &v[i * kw..][..kw]);
-            layer.step_document_order(qi, ki, vi).unwrap();
+            layer.step_with(h2o_kv::StepOrder::AttendInsertEvict, qi, ki, vi).unwrap();
         }
     });
     assert_no_alloc(&format!("{label} insert/attend/evict"), || {

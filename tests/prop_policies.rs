@@ -1,5 +1,5 @@
-//! Every policy against the brute-force model of `tests/common/brute.rs`
-//! (issue 2, item 10): random sequences, budgets, head dimensions and softmax
+//! Every policy against the brute-force model of `tests/common/oracle.rs`:
+//! random sequences, budgets, head dimensions and softmax
 //! scales; transformer order, document order or a mix; with and without an
 //! opening of bare inserts (the seed's "one over budget" state) and a prefill;
 //! `FullCache`, `RecentOnly`, `HeavyOnly`, `H2OCache` with their own policy
@@ -9,7 +9,7 @@
 //! and every output and score must be within `SLACK` (4) times the model's
 //! first-order rounding bound for the float type (built from its machine
 //! epsilon: about 1e-7 relative for f32, 2e-16 for f64; see
-//! `brute::attention_row`).
+//! `bounds::attention_row`).
 //!
 //! Near-ties: the crate rounds differently from the f64 model, so where two
 //! candidates' scores are closer than their error bounds, the cache's choice
@@ -21,8 +21,8 @@
 
 mod common;
 
-use common::brute::Tie;
 use common::harness::{Harness, Layer, Op, Single, Subject};
+use common::oracle::Tie;
 use common::{Gen, Real, Rng, Spec, Stats};
 use h2o_kv::{EvictionPolicy, Full, H2O, Heavy, LayerCache, Recent};
 use proptest::prelude::*;

@@ -1,8 +1,8 @@
-//! Stateful property test (issue 5, item 2): random interleavings of `step`,
-//! `step_document_order`, `attend`, `insert`, `evict`, `prefill` and `reset`
+//! Stateful property test: random interleavings of `step`,
+//! `step_with(AttendInsertEvict)`, `attend`, `insert`, `evict`, `prefill` and `reset`
 //! over all four policies (own types and `AnyPolicy`, single heads through
 //! `Box<dyn KvCache<T>>` and GQA layers), f32 and f64, checked after every
-//! call against the brute-force model of `tests/common/brute.rs`:
+//! call against the brute-force model of `tests/common/oracle.rs`:
 //!
 //! - the same outcome: where the model predicts `CapacityExceeded` (an
 //!   insert or step into a full store, a prefill past a `FullCache`'s
@@ -17,8 +17,8 @@
 
 mod common;
 
-use common::brute::Tie;
 use common::harness::{Harness, Layer, Op, Single, Subject};
+use common::oracle::Tie;
 use common::{Gen, Real, Spec, Stats};
 use h2o_kv::LayerCache;
 use proptest::prelude::*;

@@ -11,9 +11,9 @@
 
 use h2o_kv::{AnyPolicy, Cache, Full, H2O, H2OCache, Heavy, KvCache, LayerCache, Recent, TieRule};
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+mod common;
+
+use common::Rng;
 
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
@@ -22,14 +22,14 @@ fn bits(x: &[f32]) -> Vec<u32> {
 /// One random call; returns all it produced, bit for bit.
 fn op(c: &mut dyn KvCache<f32>, rng: &mut Rng) -> String {
     let d = c.head_dim();
-    let r = match rng.next() % 16 {
+    let r = match rng.next_u64() % 16 {
         0..=8 => {
             let (q, k, v) = (rng.vec(d), rng.vec(d), rng.vec(d));
             format!("{:?}", c.step(&q, &k, &v).map(bits))
         }
         9..=10 => {
             let (q, k, v) = (rng.vec(d), rng.vec(d), rng.vec(d));
-            format!("{:?}", c.step_document_order(&q, &k, &v).map(bits))
+            format!("{:?}", c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).map(bits))
         }
         11 => {
             let (k, v) = (rng.vec(d), rng.vec(d));
@@ -38,7 +38,7 @@ fn op(c: &mut dyn KvCache<f32>, rng: &mut Rng) -> String {
         12 => format!("{:?}", c.evict()),
         13 => format!("{:?}", c.attend(&rng.vec(d)).map(bits)),
         _ => {
-            let p = (rng.next() % 6) as usize;
+            let p = (rng.next_u64() % 6) as usize;
             let (q, k, v) = (rng.vec(p * d), rng.vec(p * d), rng.vec(p * d));
             let mut out = vec![0.0; p * d];
             let r = c.prefill(&q, &k, &v, &mut out);
@@ -65,12 +65,12 @@ fn two_caches_never_share_state() {
         let make = || Cache::<f32, AnyPolicy>::with_policy(4, policy).unwrap();
         // Separately: sequence A to the end, then sequence B.
         let (mut a, mut b) = (make(), make());
-        let (mut ra, mut rb) = (Rng(1), Rng(2));
+        let (mut ra, mut rb) = (Rng::new(1), Rng::new(2));
         let alone_a: Vec<String> = (0..300).map(|_| op(&mut a, &mut ra)).collect();
         let alone_b: Vec<String> = (0..300).map(|_| op(&mut b, &mut rb)).collect();
         // Interleaved, as a server batching two sequences would.
         let (mut a2, mut b2) = (make(), make());
-        let (mut ra, mut rb) = (Rng(1), Rng(2));
+        let (mut ra, mut rb) = (Rng::new(1), Rng::new(2));
         for i in 0..300 {
             assert_eq!(op(&mut a2, &mut ra), alone_a[i], "{policy:?} A call {i}");
             assert_eq!(op(&mut b2, &mut rb), alone_b[i], "{policy:?} B call {i}");
@@ -78,7 +78,7 @@ fn two_caches_never_share_state() {
         // A clone is independent of its original too.
         let frozen = a2.snapshot();
         let mut c = a2.clone();
-        let mut rc = Rng(3);
+        let mut rc = Rng::new(3);
         for _ in 0..50 {
             op(&mut c, &mut rc);
         }
@@ -91,7 +91,7 @@ fn layer_heads_never_share_scores() {
     // Head 1 sees only huge-logit queries; head 0's scores must not move.
     let mut layer = LayerCache::<f32, _>::new(2, 2, 2, H2O::new(2, 2).unwrap()).unwrap();
     let mut lone = H2OCache::<f32>::new(2, 2, 2).unwrap();
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     for _ in 0..50 {
         let (q0, k0, v0) = (rng.vec(2), rng.vec(2), rng.vec(2));
         let (q1, k1, v1) =
@@ -176,7 +176,7 @@ fn gqa_with_fewer_kv_heads_matches_an_independent_model() {
             LayerCache::<f32, _>::new(n_heads, n_kv, d, H2O::new(heavy, recent).unwrap()).unwrap();
         let mut model =
             GqaModel { n_heads, n_kv, d, heavy, recent, heads: vec![Vec::new(); n_kv], next: 0 };
-        let mut rng = Rng(n_heads as u64 * 10 + n_kv as u64);
+        let mut rng = Rng::new(n_heads as u64 * 10 + n_kv as u64);
         let mut differ = false;
         for s in 0..200 {
             let (q, k, v) = (rng.vec(n_heads * d), rng.vec(n_kv * d), rng.vec(n_kv * d));
@@ -217,7 +217,7 @@ fn gqa_with_fewer_kv_heads_matches_an_independent_model() {
 
 /// Runs a long scripted session and returns its full transcript.
 fn session(c: &mut dyn KvCache<f32>, seed: u64) -> Vec<String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..400).map(|_| op(c, &mut rng)).collect()
 }
 
@@ -243,7 +243,7 @@ fn a_reset_cache_behaves_exactly_like_a_fresh_one() {
     // The same for a whole GQA layer.
     let make = || LayerCache::<f32, _>::new(4, 2, 4, H2O::new(3, 3).unwrap()).unwrap();
     let run = |l: &mut LayerCache<f32, H2O>, seed: u64| {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         (0..300)
             .map(|_| {
                 let (q, k, v) = (rng.vec(16), rng.vec(8), rng.vec(8));

@@ -1,14 +1,15 @@
 //! Session snapshots: a restored cache continues bit-identically, and every
 //! truncated, corrupted, wrong-version or wrong-type snapshot is an `Err`.
 
+use h2o_kv::SnapshotError;
 use h2o_kv::{
     AnyPolicy, Cache, Element, Error, Full, FullCache, H2O, H2OCache, Heavy, HeavyOnly, KvCache,
     LayerCache, Recent, RecentOnly, SNAPSHOT_VERSION, SnapshotElement, SnapshotPolicy, TieRule,
 };
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+mod common;
+
+use common::Rng;
 
 fn bits<T: Element>(x: &[T]) -> Vec<u64> {
     x.iter().map(|v| v.to_f64().to_bits()).collect()
@@ -25,7 +26,10 @@ fn random_op<T: Element>(c: &mut dyn KvCache<T>, rng: &mut Rng) -> String {
         }
         10..=11 => {
             let (q, k, v) = (rng.vec(d), rng.vec(d), rng.vec(d));
-            format!("doc {:?}", c.step_document_order(&q, &k, &v).map(bits))
+            format!(
+                "doc {:?}",
+                c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).map(bits)
+            )
         }
         12..=13 => {
             let (k, v) = (rng.vec(d), rng.vec(d));
@@ -37,7 +41,7 @@ fn random_op<T: Element>(c: &mut dyn KvCache<T>, rng: &mut Rng) -> String {
             format!("attend {:?}", c.attend(&q).map(bits))
         }
         17..=18 => {
-            let p = rng.below(5) as usize;
+            let p = rng.below(5);
             let (q, k, v) = (rng.vec(p * d), rng.vec(p * d), rng.vec(p * d));
             let mut out = vec![T::default(); p * d];
             let r = c.prefill(&q, &k, &v, &mut out);
@@ -60,7 +64,7 @@ fn check_continuation<T: SnapshotElement, P: SnapshotPolicy>(
     seed: u64,
 ) {
     let mut c = make();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for n in 0..60 {
         random_op(&mut c, &mut rng);
         if n % 3 != 0 {
@@ -70,8 +74,8 @@ fn check_continuation<T: SnapshotElement, P: SnapshotPolicy>(
         let mut restored = Cache::<T, P>::from_snapshot(&bytes)
             .unwrap_or_else(|e| panic!("{label} op {n}: restore failed: {e}"));
         assert_eq!(restored.snapshot(), bytes, "{label} op {n}: re-encoding differs");
-        let (mut a, mut b) = (c.clone(), Rng(rng.0));
-        let mut rng_b = Rng(rng.0);
+        let (mut a, mut b) = (c.clone(), rng.clone());
+        let mut rng_b = rng.clone();
         for m in 0..25 {
             let x = random_op(&mut a, &mut b);
             let y = random_op(&mut restored, &mut rng_b);
@@ -136,7 +140,7 @@ fn layer_snapshots_continue_bit_identically() {
         Full::new(30).unwrap().into(),
         Heavy::new(3).unwrap().into(),
     ] {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let mut layer = LayerCache::<f32, AnyPolicy>::new(h, kv, d, policy).unwrap();
         for n in 0..20 {
             let (q, k, v) = (rng.vec::<f32>(h * d), rng.vec(kv * d), rng.vec(kv * d));
@@ -152,8 +156,8 @@ fn layer_snapshots_continue_bit_identically() {
             let mut restored = LayerCache::<f32, AnyPolicy>::from_snapshot(&bytes).unwrap();
             assert_eq!(restored.snapshot(), bytes);
             let mut a = layer.clone();
-            let mut r2 = Rng(rng.0);
-            let mut r1 = Rng(rng.0);
+            let mut r2 = rng.clone();
+            let mut r1 = rng.clone();
             for _ in 0..10 {
                 let (q, k, v) = (r1.vec::<f32>(h * d), r1.vec(kv * d), r1.vec(kv * d));
                 let (q2, k2, v2) = (r2.vec::<f32>(h * d), r2.vec(kv * d), r2.vec(kv * d));
@@ -173,7 +177,7 @@ fn layer_snapshots_continue_bit_identically() {
 #[test]
 fn policies_convert_through_any_policy() {
     let mut c = H2OCache::<f32>::new(2, 2, 2).unwrap();
-    let mut rng = Rng(1);
+    let mut rng = Rng::new(1);
     for _ in 0..10 {
         random_op(&mut c, &mut rng);
     }
@@ -181,7 +185,7 @@ fn policies_convert_through_any_policy() {
     let mut any = Cache::<f32, AnyPolicy>::from_snapshot(&bytes).unwrap();
     assert_eq!(any.policy(), &AnyPolicy::H2O(*c.policy()));
     // The same decisions through the run-time policy.
-    let (mut r1, mut r2) = (Rng(5), Rng(5));
+    let (mut r1, mut r2) = (Rng::new(5), Rng::new(5));
     for _ in 0..30 {
         assert_eq!(random_op(&mut c, &mut r1), random_op(&mut any, &mut r2));
     }
@@ -194,13 +198,16 @@ fn policies_convert_through_any_policy() {
         HeavyOnly::<f32>::from_snapshot(&bytes).unwrap_err(),
         FullCache::<f32>::from_snapshot(&bytes).unwrap_err(),
     ] {
-        assert!(matches!(err, Error::SnapshotMismatch { found: "an h2o policy", .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::Snapshot(SnapshotError::Mismatch { found: "an h2o policy", .. })),
+            "{err:?}"
+        );
     }
 }
 
 fn sample() -> Vec<u8> {
     let mut c = H2OCache::<f32>::new(3, 2, 2).unwrap();
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     for _ in 0..12 {
         random_op(&mut c, &mut rng);
     }
@@ -213,11 +220,17 @@ fn truncated_snapshots_are_errors() {
     let bytes = sample();
     for n in 0..bytes.len() {
         let err = H2OCache::<f32>::from_snapshot(&bytes[..n]).unwrap_err();
-        assert!(matches!(err, Error::SnapshotTruncated { .. }), "cut at {n}: {err:?}");
+        assert!(
+            matches!(err, Error::Snapshot(SnapshotError::Truncated { .. })),
+            "cut at {n}: {err:?}"
+        );
     }
     let mut long = bytes.clone();
     long.push(0);
-    assert!(matches!(H2OCache::<f32>::from_snapshot(&long), Err(Error::SnapshotInvalid { .. })));
+    assert!(matches!(
+        H2OCache::<f32>::from_snapshot(&long),
+        Err(Error::Snapshot(SnapshotError::Invalid { .. }))
+    ));
 }
 
 #[test]
@@ -229,13 +242,23 @@ fn every_single_byte_corruption_is_an_error() {
             bad[i] ^= flip;
             let err = H2OCache::<f32>::from_snapshot(&bad).unwrap_err();
             match i {
-                0..8 => assert_eq!(err, Error::SnapshotMagic, "byte {i}"),
-                8..10 => assert!(matches!(err, Error::SnapshotVersion { .. }), "byte {i}"),
+                0..8 => assert_eq!(err, Error::Snapshot(SnapshotError::Magic), "byte {i}"),
+                8..10 => assert!(
+                    matches!(err, Error::Snapshot(SnapshotError::Version { .. })),
+                    "byte {i}"
+                ),
                 12..20 => assert!(
-                    matches!(err, Error::SnapshotTruncated { .. } | Error::SnapshotInvalid { .. }),
+                    matches!(
+                        err,
+                        Error::Snapshot(SnapshotError::Truncated { .. })
+                            | Error::Snapshot(SnapshotError::Invalid { .. })
+                    ),
                     "length byte {i}: {err:?}"
                 ),
-                _ => assert!(matches!(err, Error::SnapshotChecksum { .. }), "byte {i}: {err:?}"),
+                _ => assert!(
+                    matches!(err, Error::Snapshot(SnapshotError::Checksum { .. })),
+                    "byte {i}: {err:?}"
+                ),
             }
         }
     }
@@ -265,33 +288,39 @@ fn wrong_version_kind_and_type_are_errors() {
     reseal(&mut v2);
     assert_eq!(
         H2OCache::<f32>::from_snapshot(&v2).unwrap_err(),
-        Error::SnapshotVersion { found: SNAPSHOT_VERSION + 1, supported: SNAPSHOT_VERSION }
+        Error::Snapshot(SnapshotError::Version {
+            found: SNAPSHOT_VERSION + 1,
+            supported: SNAPSHOT_VERSION
+        })
     );
     assert_eq!(
         H2OCache::<f64>::from_snapshot(&bytes).unwrap_err(),
-        Error::SnapshotMismatch { expected: "f64", found: "f32" }
+        Error::Snapshot(SnapshotError::Mismatch { expected: "f64", found: "f32" })
     );
     assert!(matches!(
         LayerCache::<f32, H2O>::from_snapshot(&bytes),
-        Err(Error::SnapshotMismatch { expected: "a layer cache", .. })
+        Err(Error::Snapshot(SnapshotError::Mismatch { expected: "a layer cache", .. }))
     ));
     let layer = LayerCache::<f32, _>::new(2, 1, 3, H2O::new(2, 2).unwrap()).unwrap();
     assert!(matches!(
         H2OCache::<f32>::from_snapshot(&layer.snapshot()),
-        Err(Error::SnapshotMismatch { expected: "a single-head cache", .. })
+        Err(Error::Snapshot(SnapshotError::Mismatch { expected: "a single-head cache", .. }))
     ));
     let mut unknown = bytes.clone();
     unknown[11] = 9;
     reseal(&mut unknown);
     assert!(matches!(
         H2OCache::<f32>::from_snapshot(&unknown),
-        Err(Error::SnapshotMismatch { found: "an unknown element type", .. })
+        Err(Error::Snapshot(SnapshotError::Mismatch { found: "an unknown element type", .. }))
     ));
     assert_eq!(
         H2OCache::<f32>::from_snapshot(b"not a snapshot at all").unwrap_err(),
-        Error::SnapshotMagic
+        Error::Snapshot(SnapshotError::Magic)
     );
-    assert!(matches!(H2OCache::<f32>::from_snapshot(&[]), Err(Error::SnapshotTruncated { .. })));
+    assert!(matches!(
+        H2OCache::<f32>::from_snapshot(&[]),
+        Err(Error::Snapshot(SnapshotError::Truncated { .. }))
+    ));
 }
 
 /// Offsets in a version-1 single-head snapshot.
@@ -379,7 +408,7 @@ fn forged_impossible_contents_are_errors() {
         assert_ne!(bad, bytes, "{name}: the edit changed nothing");
         reseal(&mut bad);
         let err = H2OCache::<f32>::from_snapshot(&bad).unwrap_err();
-        assert!(matches!(err, Error::SnapshotInvalid { .. }), "{name}: {err:?}");
+        assert!(matches!(err, Error::Snapshot(SnapshotError::Invalid { .. })), "{name}: {err:?}");
     }
 }
 
@@ -401,15 +430,15 @@ fn random_forged_snapshots_never_restore_a_different_cache() {
     // cache that encodes back to exactly the edited bytes (nothing silently
     // normalised) and runs without panicking.
     let bytes = sample();
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     let (mut ok, mut err) = (0, 0);
     for _ in 0..20_000 {
         let mut bad = bytes.clone();
         for _ in 0..1 + rng.below(3) {
-            let i = 20 + rng.below((bad.len() - 28) as u64) as usize;
+            let i = 20 + rng.below(bad.len() - 28);
             bad[i] = match rng.below(3) {
                 0 => bad[i] ^ (1 << rng.below(8)),
-                1 => rng.next() as u8,
+                1 => rng.next_u64() as u8,
                 _ => 0,
             };
         }
@@ -418,7 +447,7 @@ fn random_forged_snapshots_never_restore_a_different_cache() {
             Ok(mut c) => {
                 ok += 1;
                 assert_eq!(c.snapshot(), bad, "restored a different cache");
-                let mut r = Rng(3);
+                let mut r = Rng::new(3);
                 for _ in 0..5 {
                     random_op(&mut c, &mut r);
                 }
@@ -436,20 +465,20 @@ fn half_precision_snapshots_round_trip() {
     use half::{bf16, f16};
     fn check<T: SnapshotElement>(name: &str) {
         let mut c = H2OCache::<T>::new(3, 2, 2).unwrap();
-        let mut rng = Rng(4);
+        let mut rng = Rng::new(4);
         for _ in 0..30 {
             random_op(&mut c, &mut rng);
         }
         let bytes = c.snapshot();
         let mut r = H2OCache::<T>::from_snapshot(&bytes).unwrap();
         assert_eq!(r.snapshot(), bytes, "{name}");
-        let (mut a, mut b) = (Rng(8), Rng(8));
+        let (mut a, mut b) = (Rng::new(8), Rng::new(8));
         for _ in 0..20 {
             assert_eq!(random_op(&mut c, &mut a), random_op(&mut r, &mut b), "{name}");
         }
         assert!(matches!(
             H2OCache::<f32>::from_snapshot(&bytes),
-            Err(Error::SnapshotMismatch { expected: "f32", .. })
+            Err(Error::Snapshot(SnapshotError::Mismatch { expected: "f32", .. }))
         ));
     }
     check::<f16>("f16");
@@ -457,6 +486,6 @@ fn half_precision_snapshots_round_trip() {
     let b = H2OCache::<bf16>::new(2, 1, 1).unwrap().snapshot();
     assert_eq!(
         H2OCache::<f16>::from_snapshot(&b).unwrap_err(),
-        Error::SnapshotMismatch { expected: "f16", found: "bf16" }
+        Error::Snapshot(SnapshotError::Mismatch { expected: "f16", found: "bf16" })
     );
 }

@@ -1,9 +1,10 @@
 //! The seed walkthrough as an integration test: the library, driven exactly
-//! as `examples/walkthrough` drives it, must give every number of
-//! `walkthrough_en.md`, and the example's printed text must contain them.
+//! as `examples/walkthrough` drives it, must give every number of the seed's
+//! worked example (H2O on tiny integer matrices, the document this crate
+//! started from), and the example's printed text must contain them.
 //!
-//! Expected values are the document's closed forms (e.g. e²/(3e²+1)),
-//! computed here independently of the library.
+//! Expected values are that document's closed forms (e.g. e²/(3e²+1)),
+//! restated and computed here independently of the library.
 
 #[path = "../examples/walkthrough/report.rs"]
 mod report;

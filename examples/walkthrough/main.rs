@@ -7,7 +7,8 @@
 //! cargo run --release --example walkthrough -- --heavy 1 --recent 2 --scale inv-sqrt-d
 //! ```
 //!
-//! It reproduces `walkthrough_en.md`: Q5 over keys tok1..tok4 (see
+//! It reproduces the seed's worked example (the document this crate started
+//! from): Q5 over keys tok1..tok4 (see
 //! `report::Q5` for why the query is [1, 1, 1] rather than the printed [1, 1, 0]),
 //! raw scores [2, 2, 2, 0], weights ≈ [0.318945 ×3, 0.043165], token 3 evicted
 //! (ties kept towards the older token), S4 = {1, 2, 4}, the re-attention over

@@ -100,7 +100,7 @@ fn apply<T: SnapshotElement, P: SnapshotPolicy>(
         }
         2 => {
             let (q, k, v) = (input.vec(d), input.vec(d), input.vec(d));
-            (c.step_document_order(&q, &k, &v).map(|o| assert!(finite(o))), true)
+            (c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).map(|o| assert!(finite(o))), true)
         }
         3 => {
             let (k, v) = (input.vec(d), input.vec(d));

@@ -1,6 +1,6 @@
 //! AVX2 + FMA forms of the f32 kernels, chosen at run time through `pulp`.
 //!
-//! `pulp` detects the instruction set once (cached here) and compiles each
+//! `pulp` detects the instruction set once (`crate::arch`) and compiles each
 //! kernel body for it; this crate stays free of `unsafe`. Every entry point
 //! returns `false` / `None` when the CPU has no AVX2 + FMA (pulp's scalar
 //! level), and the caller then runs the scalar kernels, which are always
@@ -15,30 +15,10 @@
 //! [`dot`] times the scale bit for bit, and [`accumulate`] adds value rows in
 //! row order.
 
-use std::sync::OnceLock;
-
-use pulp::{Arch, Simd, WithSimd};
+use pulp::{Simd, WithSimd};
 
 use super::{ROWS, rows4};
-
-/// The detected instruction set, `None` without AVX2 + FMA.
-fn arch() -> Option<Arch> {
-    static ARCH: OnceLock<Option<Arch>> = OnceLock::new();
-    #[cfg(test)]
-    if tests::FORCE_SCALAR.with(std::cell::Cell::get) {
-        return None;
-    }
-    *ARCH.get_or_init(|| match Arch::new() {
-        Arch::Scalar => None,
-        simd => Some(simd),
-    })
-}
-
-/// The instruction set the kernels run with on this machine: `"avx2+fma"`
-/// or `"scalar"`.
-pub(crate) fn isa() -> &'static str {
-    if arch().is_some() { "avx2+fma" } else { "scalar" }
-}
+use crate::arch::arch;
 
 /// `Σ a[i]·b[i]`, `None` without SIMD. The lengths are equal (checked by the
 /// caller).
@@ -171,76 +151,6 @@ fn exp_one(x: f32) -> f32 {
     let n_int = t.to_bits().wrapping_sub(ROUNDER.to_bits());
     let scale = f32::from_bits(n_int.wrapping_add(BIAS) << 23);
     y * scale * TWO_M64
-}
-
-/// Widens f16 bit patterns to f32 (exactly, as `half::f16::to_f32` does;
-/// NaNs stay NaN), 8 at a time in AVX2; `false` (nothing written) without
-/// AVX2 + FMA. `dst.len() == src.len()`.
-///
-/// Without F16C in pulp's x86-v3 level, the conversion is done on the bits:
-/// the exponent and mantissa shifted into place and multiplied by 2^112
-/// (which rebiases the exponent and normalizes subnormals exactly), the sign
-/// put back, and infinities/NaNs given an all-ones exponent.
-#[cfg(feature = "half")]
-pub(crate) fn widen_f16(src: &[u16], dst: &mut [f32]) -> bool {
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    if let Some(Arch::V3(simd)) = arch() {
-        simd.vectorize(WidenF16 { simd, src, dst });
-        return true;
-    }
-    let _ = (src, dst);
-    false
-}
-
-#[cfg(all(feature = "half", any(target_arch = "x86", target_arch = "x86_64")))]
-struct WidenF16<'a> {
-    simd: pulp::x86::V3,
-    src: &'a [u16],
-    dst: &'a mut [f32],
-}
-
-/// 2^112: the f32 exponent bias minus the f16 one is 127 − 15 = 112.
-#[cfg(feature = "half")]
-const F16_REBIAS: f32 = 5.192_297e33;
-
-/// One f16 widened the way [`WidenF16`] does it, for the tail.
-#[cfg(feature = "half")]
-#[inline(always)]
-fn widen_one(h: u16) -> f32 {
-    let x = u32::from(h);
-    let em = x & 0x7fff;
-    let mag = f32::from_bits(em << 13) * F16_REBIAS;
-    let special = if em > 0x7bff { 0x7f80_0000 } else { 0 };
-    f32::from_bits(mag.to_bits() | ((x & 0x8000) << 16) | special)
-}
-
-#[cfg(all(feature = "half", any(target_arch = "x86", target_arch = "x86_64")))]
-impl pulp::NullaryFnOnce for WidenF16<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn call(self) {
-        let Self { simd, src, dst } = self;
-        let (s8, s_tail) = pulp::as_arrays::<8, u16>(src);
-        let (d8, d_tail) = pulp::as_arrays_mut::<8, f32>(dst);
-        let low = simd.splat_u32s(0x7fff);
-        let sign_bit = simd.splat_u32s(0x8000);
-        let max_finite = simd.splat_u32s(0x7bff);
-        let exp_ones = simd.splat_u32s(0x7f80_0000);
-        let zero = simd.splat_u32s(0);
-        let rebias = simd.splat_f32s(F16_REBIAS);
-        for (s, d) in s8.iter().zip(d8.iter_mut()) {
-            let x = simd.convert_u16x8_to_u32x8(pulp::cast(*s));
-            let em = simd.and_u32s(x, low);
-            let sign = simd.shl_const_u32x8::<16>(simd.and_u32s(x, sign_bit));
-            let mag = simd.mul_f32s(pulp::cast(simd.shl_const_u32x8::<13>(em)), rebias);
-            let special = simd.select_u32s(simd.greater_than_u32s(em, max_finite), exp_ones, zero);
-            let bits = simd.or_u32s(simd.or_u32s(pulp::cast(mag), sign), special);
-            *d = pulp::cast(bits);
-        }
-        for (s, d) in s_tail.iter().zip(d_tail) {
-            *d = widen_one(*s);
-        }
-    }
 }
 
 struct Dot<'a> {
@@ -395,14 +305,7 @@ impl WithSimd for Accumulate<'_> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use std::cell::Cell;
-
-    thread_local! {
-        /// Set by a test to run the scalar kernels on this thread.
-        pub(in super::super) static FORCE_SCALAR: Cell<bool> = const { Cell::new(false) };
-    }
-
+mod tests {
     /// The SIMD `exp` (lanes and tails) against f64's, on a dense grid
     /// over `[-110, 0]`: within 2 ulp where the result is normal, within
     /// one subnormal spacing below, exactly 0 where `exp` rounds to 0, and
@@ -435,13 +338,5 @@ pub(super) mod tests {
         let sum = super::exp_sum(&mut row, 0.0).unwrap();
         assert_eq!(row, [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
         assert_eq!(sum, 7.0);
-    }
-
-    /// Runs `f` with the SIMD kernels switched off on this thread.
-    pub(in super::super) fn scalar<R>(f: impl FnOnce() -> R) -> R {
-        FORCE_SCALAR.with(|c| c.set(true));
-        let r = f();
-        FORCE_SCALAR.with(|c| c.set(false));
-        r
     }
 }

@@ -1,10 +1,8 @@
-//! `FullCache`: keeps every token, never evicts (the quality baseline).
+//! `Full`: keeps every token, never evicts (the quality baseline).
 
 use core::cmp::Ordering;
 
 use super::{Candidate, EvictionPolicy, check_budget};
-use crate::cache::Cache;
-use crate::element::Element;
 use crate::error::Result;
 
 /// Keep everything, up to a fixed capacity in tokens.
@@ -48,25 +46,9 @@ impl EvictionPolicy for Full {
     }
 }
 
-/// A cache that keeps every token: [`Cache`] with the [`Full`] policy.
-pub type FullCache<T> = Cache<T, Full>;
-
-impl<T: Element> Cache<T, Full> {
-    /// A full cache for one head of `head_dim` with room for `capacity` tokens.
-    ///
-    /// Allocates `2 · capacity · head_dim` elements once.
-    ///
-    /// # Errors
-    /// As [`Full::new`] and [`Cache::with_policy`].
-    pub fn new(head_dim: usize, capacity: usize) -> Result<Self> {
-        Cache::with_policy(head_dim, Full::new(capacity)?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{Error, KvCache};
+    use crate::{Error, FullCache, KvCache};
 
     #[test]
     fn never_evicts_and_refuses_past_capacity() {

@@ -1,4 +1,5 @@
-//! `H2OCache`: heavy hitters plus a recent window (Zhang et al., NeurIPS 2023).
+//! `H2O`: heavy hitters plus a recent window (Zhang et al., NeurIPS 2023;
+//! `docs/semantics.md §4`, §8).
 //!
 //! The rule (paper §4, Algorithm 1; the authors' `H2OKVCache_LayerWise`):
 //!
@@ -19,8 +20,6 @@
 use core::cmp::Ordering;
 
 use super::{Candidate, EvictionPolicy, MAX_BUDGET, TieRule, check_budget, lowest_score_first};
-use crate::cache::Cache;
-use crate::element::Element;
 use crate::error::{Error, Result};
 
 /// Keep the `recent` newest tokens and the `heavy` tokens with the highest
@@ -114,33 +113,6 @@ impl EvictionPolicy for H2O {
     }
     fn name(&self) -> &'static str {
         "h2o"
-    }
-}
-
-/// The H2O cache: [`Cache`] with the [`H2O`] policy.
-pub type H2OCache<T> = Cache<T, H2O>;
-
-impl<T: Element> Cache<T, H2O> {
-    /// An H2O cache for one head of `head_dim`: `heavy` heavy hitters plus a
-    /// `recent`-token window.
-    ///
-    /// # Errors
-    /// As [`H2O::new`] and [`Cache::with_policy`].
-    pub fn new(head_dim: usize, heavy: usize, recent: usize) -> Result<Self> {
-        Cache::with_policy(head_dim, H2O::new(heavy, recent)?)
-    }
-
-    /// An H2O cache of `budget` tokens split by `heavy_fraction` (see
-    /// [`H2O::with_heavy_fraction`] for the rounding).
-    ///
-    /// # Errors
-    /// As [`H2O::with_heavy_fraction`] and [`Cache::with_policy`].
-    pub fn with_heavy_fraction(
-        head_dim: usize,
-        budget: usize,
-        heavy_fraction: f64,
-    ) -> Result<Self> {
-        Cache::with_policy(head_dim, H2O::with_heavy_fraction(budget, heavy_fraction)?)
     }
 }
 

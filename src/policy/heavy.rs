@@ -1,10 +1,9 @@
-//! `HeavyOnly`: heavy hitters without a recent window.
+//! `Heavy`: heavy hitters without a recent window (the newest-token rule is
+//! `docs/semantics.md §4`).
 
 use core::cmp::Ordering;
 
 use super::{Candidate, EvictionPolicy, TieRule, check_budget, lowest_score_first};
-use crate::cache::Cache;
-use crate::element::Element;
 use crate::error::Result;
 
 /// Keep the `budget − 1` tokens with the highest accumulated scores plus the
@@ -65,23 +64,9 @@ impl EvictionPolicy for Heavy {
     }
 }
 
-/// A heavy-hitter-only cache: [`Cache`] with the [`Heavy`] policy.
-pub type HeavyOnly<T> = Cache<T, Heavy>;
-
-impl<T: Element> Cache<T, Heavy> {
-    /// A heavy-hitter cache of `budget` tokens for one head of `head_dim`.
-    ///
-    /// # Errors
-    /// As [`Heavy::new`] and [`Cache::with_policy`].
-    pub fn new(head_dim: usize, budget: usize) -> Result<Self> {
-        Cache::with_policy(head_dim, Heavy::new(budget)?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::KvCache;
+    use crate::{HeavyOnly, KvCache};
 
     #[test]
     fn keeps_the_newest_token_and_the_heaviest_others() {

@@ -1,10 +1,8 @@
-//! `RecentOnly`: a sliding window over the newest tokens.
+//! `Recent`: a sliding window over the newest tokens.
 
 use core::cmp::Ordering;
 
 use super::{Candidate, EvictionPolicy, check_budget};
-use crate::cache::Cache;
-use crate::element::Element;
 use crate::error::Result;
 
 /// Keep the newest `budget` tokens; evict the oldest (the paper's "local"
@@ -46,23 +44,9 @@ impl EvictionPolicy for Recent {
     }
 }
 
-/// A sliding-window cache: [`Cache`] with the [`Recent`] policy.
-pub type RecentOnly<T> = Cache<T, Recent>;
-
-impl<T: Element> Cache<T, Recent> {
-    /// A sliding window of `budget` tokens for one head of `head_dim`.
-    ///
-    /// # Errors
-    /// As [`Recent::new`] and [`Cache::with_policy`].
-    pub fn new(head_dim: usize, budget: usize) -> Result<Self> {
-        Cache::with_policy(head_dim, Recent::new(budget)?)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::KvCache;
+    use crate::{KvCache, RecentOnly};
 
     #[test]
     fn evicts_the_oldest() {

@@ -32,13 +32,13 @@ impl<T: SnapshotElement, P: SnapshotPolicy> Cache<T, P> {
     /// `Cache<T, AnyPolicy>`; an H2O policy for `H2OCache<T>`).
     ///
     /// # Errors
-    /// - [`Error::SnapshotTruncated`] if the bytes end early;
-    /// - [`Error::SnapshotMagic`] if they are not a snapshot;
-    /// - [`Error::SnapshotVersion`] for another format version;
-    /// - [`Error::SnapshotChecksum`] if the bytes were corrupted;
-    /// - [`Error::SnapshotMismatch`] for a layer snapshot, another element
+    /// - [`SnapshotError::Truncated`](crate::SnapshotError::Truncated) if the bytes end early;
+    /// - [`SnapshotError::Magic`](crate::SnapshotError::Magic) if they are not a snapshot;
+    /// - [`SnapshotError::Version`](crate::SnapshotError::Version) for another format version;
+    /// - [`SnapshotError::Checksum`](crate::SnapshotError::Checksum) if the bytes were corrupted;
+    /// - [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) for a layer snapshot, another element
     ///   type, or a policy `P` cannot hold;
-    /// - [`Error::SnapshotInvalid`] if the contents describe an impossible cache;
+    /// - [`SnapshotError::Invalid`](crate::SnapshotError::Invalid) if the contents describe an impossible cache;
     /// - [`Error::AllocationFailed`] if the buffers cannot be allocated.
     ///
     /// Like the constructors, a restore allocates the capacity the policy in
@@ -55,7 +55,7 @@ impl<T: SnapshotElement, P: SnapshotPolicy> Cache<T, P> {
         let mut cache = Cache::with_policy(head.head_dim, policy)
             .and_then(|c| c.with_scale(head.scale))
             .map_err(config_error)?;
-        apply(&mut cache, &head);
+        apply(&mut cache, &head)?;
         Ok(cache)
     }
 }
@@ -72,8 +72,9 @@ mod tests {
             let x = t as f32;
             c.step(&[x, 1.0, 0.0], &[1.0, x, 0.5], &[x; 3]).unwrap();
         }
-        let (len, hw) = (c.len(), c.store().high_water());
-        let (free, recent) = (c.store().free_slots().len(), c.store().recent().count());
+        let (len, hw) = (c.len(), c.planner().span());
+        let (free, recent) =
+            (c.planner().slots().free_slots().len(), c.planner().slots().recent().count());
         let lists = 8 * (free + recent + c.last_evicted().len());
         assert_eq!(c.snapshot().len(), len * (16 + 2 * 3 * 4) + hw + lists + 110);
     }
@@ -88,8 +89,8 @@ mod tests {
         let bytes = c.snapshot();
         let r = H2OCache::<f32>::from_snapshot(&bytes).unwrap();
         assert_eq!(r.snapshot(), bytes);
-        assert_eq!(r.store().free_slots(), c.store().free_slots());
-        assert!(r.store().recent().eq(c.store().recent()));
-        assert_eq!(r.store().high_water(), c.store().high_water());
+        assert_eq!(r.planner().slots().free_slots(), c.planner().slots().free_slots());
+        assert!(r.planner().slots().recent().eq(c.planner().slots().recent()));
+        assert_eq!(r.planner().slots().high_water(), c.planner().span());
     }
 }

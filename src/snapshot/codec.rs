@@ -3,6 +3,7 @@
 
 use super::SNAPSHOT_VERSION;
 use super::element::element_name;
+use crate::error::SnapshotError;
 use crate::error::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"H2OKVSNP";
@@ -62,24 +63,28 @@ fn le_u64(bytes: &[u8]) -> u64 {
 
 /// Checks the frame and returns the payload.
 fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
-    let truncated = |needed: usize| Error::SnapshotTruncated { needed, got: bytes.len() };
+    let truncated =
+        |needed: usize| Error::Snapshot(SnapshotError::Truncated { needed, got: bytes.len() });
     if bytes.len() < MAGIC.len() {
         // Too short to tell; a prefix of the magic is a cut-off snapshot.
         return Err(if MAGIC.starts_with(bytes) {
             truncated(HEADER)
         } else {
-            Error::SnapshotMagic
+            Error::Snapshot(SnapshotError::Magic)
         });
     }
     if bytes[..8] != MAGIC {
-        return Err(Error::SnapshotMagic);
+        return Err(Error::Snapshot(SnapshotError::Magic));
     }
     if bytes.len() < HEADER {
         return Err(truncated(HEADER));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
     if version != SNAPSHOT_VERSION {
-        return Err(Error::SnapshotVersion { found: version, supported: SNAPSHOT_VERSION });
+        return Err(Error::Snapshot(SnapshotError::Version {
+            found: version,
+            supported: SNAPSHOT_VERSION,
+        }));
     }
     let len = le_u64(&bytes[12..20]);
     let total = usize::try_from(len)
@@ -90,13 +95,15 @@ fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
         return Err(truncated(total));
     }
     if bytes.len() > total {
-        return Err(Error::SnapshotInvalid { reason: "trailing bytes after the checksum" });
+        return Err(Error::Snapshot(SnapshotError::Invalid {
+            reason: "trailing bytes after the checksum",
+        }));
     }
     let body = &bytes[..total - TRAILER];
     let stored = le_u64(&bytes[total - TRAILER..]);
     let computed = fnv1a64(body);
     if stored != computed {
-        return Err(Error::SnapshotChecksum { stored, computed });
+        return Err(Error::Snapshot(SnapshotError::Checksum { stored, computed }));
     }
     let (found_kind, found_tag) = (bytes[10], bytes[11]);
     if found_kind != kind {
@@ -105,19 +112,22 @@ fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
             KIND_LAYER => "a layer cache",
             _ => "an unknown kind of cache",
         };
-        return Err(Error::SnapshotMismatch { expected: name(kind), found: name(found_kind) });
+        return Err(Error::Snapshot(SnapshotError::Mismatch {
+            expected: name(kind),
+            found: name(found_kind),
+        }));
     }
     if found_tag != tag {
-        return Err(Error::SnapshotMismatch {
+        return Err(Error::Snapshot(SnapshotError::Mismatch {
             expected: element_name(tag),
             found: element_name(found_tag),
-        });
+        }));
     }
     Ok(&body[HEADER..])
 }
 
 pub(super) fn invalid(reason: &'static str) -> Error {
-    Error::SnapshotInvalid { reason }
+    Error::Snapshot(SnapshotError::Invalid { reason })
 }
 
 /// A cursor over the payload; running out is an invalid snapshot (the frame

@@ -44,7 +44,7 @@ as_bits!(half::f16, 3, 2, u16);
 as_bits!(half::bf16, 4, 2, u16);
 
 /// The name of the element type a header tag stands for, as
-/// [`Error::SnapshotMismatch`](crate::Error::SnapshotMismatch) reports it.
+/// [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) reports it.
 pub(super) fn element_name(tag: u8) -> &'static str {
     match tag {
         1 => "f32",

@@ -26,8 +26,8 @@ impl<T: SnapshotElement, P: SnapshotPolicy> LayerCache<T, P> {
     /// Rebuilds a layer from [`snapshot`](Self::snapshot) bytes.
     ///
     /// # Errors
-    /// As [`Cache::from_snapshot`]; [`Error::SnapshotMismatch`] for a
-    /// single-head snapshot, and [`Error::SnapshotInvalid`] if the heads
+    /// As [`Cache::from_snapshot`]; [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) for a
+    /// single-head snapshot, and [`SnapshotError::Invalid`](crate::SnapshotError::Invalid) if the heads
     /// disagree on policy, `head_dim`, scale, token count or next position.
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::open(bytes, KIND_LAYER, T::TAG)?;
@@ -62,7 +62,7 @@ impl<T: SnapshotElement, P: SnapshotPolicy> LayerCache<T, P> {
             .and_then(|l| l.with_scale(first.scale))
             .map_err(config_error)?;
         for (cache, head) in layer.heads_mut().iter_mut().zip(&heads) {
-            apply(cache, head);
+            apply(cache, head)?;
         }
         Ok(layer)
     }

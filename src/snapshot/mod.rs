@@ -18,7 +18,12 @@
 //!
 //! Not saved: the rows of free slots (never read as tokens), the attention
 //! scratch, and so [`Cache::last_attention`], which is empty after a restore
-//! until the next attention.
+//! until the next attention; and each token's last attention weight and
+//! attention count ([`Candidate::last_weight`](crate::Candidate::last_weight),
+//! [`Candidate::attended`](crate::Candidate::attended)), which restart at 0:
+//! no built-in policy reads them, so a restored cache still decides and
+//! computes bit-identically. A policy that ranks by them needs format
+//! version 2.
 //!
 //! # Format (version 1)
 //! All integers little-endian; floats as their IEEE-754 bits.

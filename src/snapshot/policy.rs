@@ -2,6 +2,7 @@
 
 use super::codec::{Reader, invalid, put_usize};
 use super::sealed;
+use crate::error::SnapshotError;
 use crate::error::{Error, Result};
 use crate::policy::{AnyPolicy, EvictionPolicy, Full, H2O, Heavy, Recent, TieRule};
 
@@ -12,7 +13,7 @@ use crate::policy::{AnyPolicy, EvictionPolicy, Full, H2O, Heavy, Recent, TieRule
 ///
 /// Sealed: implemented for the crate's policies only.
 pub trait SnapshotPolicy: EvictionPolicy + sealed::Sealed {
-    /// What the policy type accepts, for [`Error::SnapshotMismatch`].
+    /// What the policy type accepts, for [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch).
     const EXPECTED: &'static str;
     /// The policy as the run-time enum.
     fn to_any(&self) -> AnyPolicy;
@@ -51,7 +52,7 @@ impl SnapshotPolicy for AnyPolicy {
     }
 }
 
-/// The snapshot's policy as a `P`, or [`Error::SnapshotMismatch`] if `P`
+/// The snapshot's policy as a `P`, or [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) if `P`
 /// cannot hold it.
 pub(super) fn restore<P: SnapshotPolicy>(policy: AnyPolicy) -> Result<P> {
     P::from_any(policy).ok_or_else(|| {
@@ -61,7 +62,7 @@ pub(super) fn restore<P: SnapshotPolicy>(policy: AnyPolicy) -> Result<P> {
             AnyPolicy::Heavy(_) => Heavy::EXPECTED,
             AnyPolicy::H2O(_) => H2O::EXPECTED,
         };
-        Error::SnapshotMismatch { expected: P::EXPECTED, found }
+        Error::Snapshot(SnapshotError::Mismatch { expected: P::EXPECTED, found })
     })
 }
 

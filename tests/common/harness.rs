@@ -4,7 +4,8 @@
 
 use h2o_kv::{Element, Error, EvictionPolicy, KvCache, LayerCache};
 
-use super::brute::{Decision, Fp, Model, ModelError, Output, Rule, SLACK};
+use super::bounds::{Fp, Output, SLACK};
+use super::oracle::{Decision, Model, ModelError, Rule};
 use super::{Real, Stats, Token, wide};
 
 /// One head's observable state. `tokens` is in slot order with score bits, so
@@ -72,7 +73,7 @@ impl<T: Element, C: KvCache<T>> Subject<T> for Single<C> {
         self.0.step(q, k, v).map(<[T]>::to_vec)
     }
     fn step_document_order(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
-        self.0.step_document_order(q, k, v).map(<[T]>::to_vec)
+        self.0.step_with(h2o_kv::StepOrder::AttendInsertEvict, q, k, v).map(<[T]>::to_vec)
     }
     fn prefill(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
         let mut out = vec![T::default(); q.len()];
@@ -107,7 +108,7 @@ impl<T: Element, P: EvictionPolicy> Subject<T> for Layer<T, P> {
         self.0.step(q, k, v).map(<[T]>::to_vec)
     }
     fn step_document_order(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
-        self.0.step_document_order(q, k, v).map(<[T]>::to_vec)
+        self.0.step_with(h2o_kv::StepOrder::AttendInsertEvict, q, k, v).map(<[T]>::to_vec)
     }
     fn prefill(&mut self, q: &[T], k: &[T], v: &[T]) -> Result<Vec<T>, Error> {
         let mut out = vec![T::default(); q.len()];

@@ -1,21 +1,32 @@
-//! Shared test machinery: the brute-force model ([`brute`]), a random input
-//! generator, policy descriptions, and a harness ([`harness::Harness`]) that applies
-//! one operation to a cache and to the model and compares them.
+//! Shared test machinery, included by every integration test as `mod common;`:
+//!
+//! - [`oracle`]: the brute-force model of one KV head (a `Vec` and a sort);
+//! - [`bounds`]: textbook attention in f64 with first-order rounding bounds,
+//!   and the near-tie rule that uses them;
+//! - [`harness`]: applies one operation to a cache and to the model and
+//!   compares them;
+//! - [`rng`]: the one seeded generator ([`Rng`]);
+//! - here: random layer inputs ([`Gen`]), policy descriptions ([`Spec`]),
+//!   float types ([`Real`]) and the proptest runner.
 //!
 //! Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-pub mod brute;
+pub mod bounds;
 pub mod harness;
+pub mod oracle;
+pub mod rng;
 
 use std::cell::Cell;
 
-use brute::{Fp, Rule, Tie};
+use bounds::Fp;
 use h2o_kv::{
     AnyPolicy, Cache, Element, EvictionPolicy, Full, H2O, Heavy, KvCache, Recent, TieRule,
 };
+use oracle::{Rule, Tie};
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+pub use rng::Rng;
 
 /// The float types under test, with what the tests need beyond [`Element`].
 pub trait Real: Element {
@@ -114,33 +125,6 @@ pub fn run<S: Strategy>(
     let mut runner = TestRunner::new(config);
     if let Err(e) = runner.run(&strategy, |v| test(v).map_err(TestCaseError::fail)) {
         panic!("{e}");
-    }
-}
-
-/// splitmix64: a tiny deterministic generator for the input values.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
     }
 }
 

@@ -9,10 +9,10 @@
 //! residual; RMSNorm; SwiGLU FFN `w2 · (silu(w1 x) ⊙ w3 x)` and residual. Then
 //! a final RMSNorm and the classifier.
 
-use h2o_kv::{AnyPolicy, LayerCache};
+use h2o_kv::{AnyPolicy, EvictionPolicy, LayerCache};
 
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, rope_row};
 
 /// `x · weight / rms(x)` with eps `1e-5`, as llama2.c: `out = w · (x / √(mean(x²) + eps))`.
 fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32]) {
@@ -92,15 +92,10 @@ fn rope(x: &mut [f32], table: &[(f32, f32)]) {
     }
 }
 
-/// Which KV-cache call a decode step uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StepOrder {
-    /// Insert, attend, evict: the query sees its own key (llama2.c's order).
-    #[default]
-    Transformer,
-    /// Attend, insert, evict: the query sees only earlier tokens.
-    Document,
-}
+/// Which KV-cache step every layer runs: the crate's [`h2o_kv::StepOrder`].
+/// llama2.c (and every causal transformer) uses the default,
+/// [`StepOrder::InsertAttendEvict`]: the query sees its own key.
+pub use h2o_kv::StepOrder;
 
 /// llama2.c's own key/value store: every position of every layer, no
 /// eviction, attention written out in full. The baseline the caches are
@@ -190,6 +185,8 @@ pub struct Decoder<'m> {
     hb: Vec<f32>,
     hb2: Vec<f32>,
     logits: Vec<f32>,
+    /// `[head_dim / 2]`: the RoPE rotations of a position past `seq_len`.
+    rope: Vec<(f32, f32)>,
 }
 
 impl<'m> Decoder<'m> {
@@ -221,6 +218,17 @@ impl<'m> Decoder<'m> {
             hb: vec![0.0; c.hidden_dim],
             hb2: vec![0.0; c.hidden_dim],
             logits: vec![0.0; c.vocab_size],
+            rope: vec![(0.0, 0.0); c.head_dim() / 2],
+        }
+    }
+
+    /// Whether this decoder can go past the model's `seq_len`: its caches
+    /// evict, so they never hold more than their budget. The full cache and
+    /// the plain arrays hold every position and stop at `seq_len`.
+    pub fn evicts(&self) -> bool {
+        match &self.kv {
+            Kv::Caches(layers, _) => layers[0].heads()[0].policy().evicts(),
+            Kv::Plain(_) => false,
         }
     }
 
@@ -254,23 +262,35 @@ impl<'m> Decoder<'m> {
     /// Feeds `token` at the next position and returns the logits `[vocab]`
     /// for the token after it.
     ///
+    /// Positions are absolute: with an evicting policy ([`Decoder::evicts`])
+    /// decoding goes on past `seq_len`, and the queries and keys of position
+    /// `p ≥ seq_len` are rotated by RoPE at `p`, an angle the model never saw in
+    /// training (the cache keeps the budget, not the positions, bounded).
+    ///
     /// # Errors
     /// [`Error::TokenOutOfRange`], [`Error::ContextFull`] once `seq_len`
-    /// tokens have been fed, [`Error::Cache`] if a cache rejects the step
+    /// tokens have been fed to a decoder that does not evict (full cache or
+    /// plain arrays), [`Error::Cache`] if a cache rejects the step
     /// (non-finite activations).
     pub fn forward(&mut self, token: u32) -> Result<&[f32]> {
         let m = self.model;
         let c = &m.config;
         let (dim, kv_dim, hidden) = (c.dim, c.kv_dim(), c.hidden_dim);
         let position = self.position();
-        if position >= c.seq_len as u64 {
+        if position >= c.seq_len as u64 && !self.evicts() {
             return Err(Error::ContextFull { position, seq_len: c.seq_len });
         }
         if token as usize >= c.vocab_size {
             return Err(Error::TokenOutOfRange { token, vocab_size: c.vocab_size });
         }
         let half = c.head_dim() / 2;
-        let table = &m.rope[position as usize * half..][..half];
+        let table = match usize::try_from(position) {
+            Ok(p) if p < c.seq_len => &m.rope[p * half..][..half],
+            _ => {
+                rope_row(c, position, &mut self.rope);
+                &self.rope
+            }
+        };
         self.x.copy_from_slice(&m.token_embedding[token as usize * dim..][..dim]);
         for l in 0..c.n_layers {
             rmsnorm(&mut self.xb, &self.x, &m.rms_att[l * dim..][..dim]);
@@ -281,10 +301,7 @@ impl<'m> Decoder<'m> {
             rope(&mut self.k, table);
             let (q, k, v) = (&self.q, &self.k, &self.v);
             let out = match &mut self.kv {
-                Kv::Caches(layers, StepOrder::Transformer) => layers[l].step(q, k, v)?,
-                Kv::Caches(layers, StepOrder::Document) => {
-                    layers[l].step_document_order(q, k, v)?
-                }
+                Kv::Caches(layers, order) => layers[l].step_with(*order, q, k, v)?,
                 Kv::Plain(p) => p.step(m, l, q, k, v),
             };
             self.xb.copy_from_slice(out);
@@ -314,6 +331,7 @@ impl<'m> Decoder<'m> {
 mod tests {
     use super::*;
     use crate::model::{rope_table, test_file, test_header};
+    use h2o_kv::KvCache;
     use std::path::Path;
 
     fn model() -> Model {
@@ -322,20 +340,71 @@ mod tests {
 
     #[test]
     fn decoding_stops_at_seq_len_and_rejects_unknown_tokens() {
+        // A cache that keeps every token (and the plain arrays) stop at seq_len.
+        let m = model();
+        let full = AnyPolicy::from(h2o_kv::Full::new(6).unwrap());
+        for mut d in
+            [Decoder::new(&m, full, StepOrder::InsertAttendEvict).unwrap(), Decoder::plain(&m)]
+        {
+            assert!(!d.evicts());
+            let err = d.forward(16).unwrap_err();
+            assert!(matches!(err, Error::TokenOutOfRange { token: 16, vocab_size: 16 }), "{err}");
+            for t in 0..6 {
+                assert_eq!(d.forward(t).unwrap().len(), 16);
+            }
+            let err = d.forward(0).unwrap_err();
+            assert!(matches!(err, Error::ContextFull { position: 6, seq_len: 6 }), "{err}");
+            // All six tokens: 2 layers × 2 KV heads × K and V × 2 floats each.
+            assert_eq!(d.kv_bytes(), 6 * 2 * 2 * 2 * 2 * 4);
+            d.reset();
+            assert_eq!((d.position(), d.kv_bytes()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn an_evicting_cache_decodes_past_seq_len_at_absolute_positions() {
         let m = model();
         let policy = AnyPolicy::from(h2o_kv::H2O::new(2, 2).unwrap());
-        let mut d = Decoder::new(&m, policy, StepOrder::Transformer).unwrap();
+        let mut d = Decoder::new(&m, policy, StepOrder::InsertAttendEvict).unwrap();
+        assert!(d.evicts());
         let err = d.forward(16).unwrap_err();
         assert!(matches!(err, Error::TokenOutOfRange { token: 16, vocab_size: 16 }), "{err}");
         for t in 0..6 {
             assert_eq!(d.forward(t).unwrap().len(), 16);
         }
-        let err = d.forward(0).unwrap_err();
-        assert!(matches!(err, Error::ContextFull { position: 6, seq_len: 6 }), "{err}");
         // Four tokens per KV head remain: 2 layers × 2 KV heads × K and V × 2 floats.
         assert_eq!(d.kv_bytes(), 4 * 2 * 2 * 2 * 2 * 4);
+        // Past seq_len (6): positions go on, the budget holds.
+        for t in 0..10 {
+            assert!(d.forward(t % 16).unwrap().iter().all(|x| x.is_finite()));
+        }
+        assert_eq!(d.position(), 16);
+        assert_eq!(d.kv_bytes(), 4 * 2 * 2 * 2 * 2 * 4);
+        let Kv::Caches(layers, _) = &d.kv else { unreachable!() };
+        for head in layers.iter().flat_map(|l| l.heads()) {
+            assert!(
+                head.resident_positions().ends_with(&[14, 15]),
+                "{:?}",
+                head.resident_positions()
+            );
+        }
         d.reset();
         assert_eq!((d.position(), d.kv_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn rope_past_seq_len_continues_the_table() {
+        // The rows computed on the fly are the table's formula at later positions.
+        let c = model().config;
+        let half = c.head_dim() / 2;
+        let mut longer = c;
+        longer.seq_len = 20;
+        let table = rope_table(&longer);
+        let mut row = vec![(0.0, 0.0); half];
+        for pos in [0u64, 5, 6, 19] {
+            rope_row(&c, pos, &mut row);
+            assert_eq!(row, table[pos as usize * half..][..half], "position {pos}");
+        }
     }
 
     #[test]
@@ -370,8 +439,9 @@ mod tests {
         let mut plain = Decoder::plain(&m);
         let full = AnyPolicy::from(h2o_kv::Full::new(6).unwrap());
         let roomy = AnyPolicy::from(h2o_kv::H2O::new(3, 3).unwrap());
-        let mut cached: Vec<Decoder<'_>> =
-            [full, roomy].map(|p| Decoder::new(&m, p, StepOrder::Transformer).unwrap()).into();
+        let mut cached: Vec<Decoder<'_>> = [full, roomy]
+            .map(|p| Decoder::new(&m, p, StepOrder::InsertAttendEvict).unwrap())
+            .into();
         for t in [1, 5, 9, 2, 15, 7] {
             let want = plain.forward(t).unwrap().to_vec();
             assert!(want.iter().any(|x| x.abs() > 1e-3), "a model that computes something");

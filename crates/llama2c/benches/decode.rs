@@ -4,44 +4,27 @@
 //! same forward pass on llama2.c-style plain K/V arrays (no h2o-kv), which
 //! shows what the crate's attention costs.
 //!
-//! Needs `../shared/models/stories260K.bin` (from huggingface.co/karpathy/tinyllamas,
-//! folder `stories260K/`); without it the bench prints where to get it and exits.
+//! Needs `stories260K.bin` (from huggingface.co/karpathy/tinyllamas, folder
+//! `stories260K/`, looked up as `llama2c::files` says); without it the bench
+//! prints where to get it and exits.
 //!
-//! `cargo bench --bench decode`. Throughput is reported in tokens (= decode
+//! `cargo bench -p llama2c --bench decode`. Throughput is reported in tokens (= decode
 //! steps) per second of the benchmark thread's CPU time (see `ThreadCpuTime`):
 //! on a shared machine wall time mostly measures the other processes.
 
-#[allow(dead_code, unused_imports)]
-#[path = "../examples/llama2c/error.rs"]
-mod error;
-#[allow(dead_code, unused_imports)]
-#[path = "../examples/llama2c/forward.rs"]
-mod forward;
-#[allow(dead_code, unused_imports)]
-#[path = "../examples/llama2c/generate.rs"]
-mod generate;
-#[allow(dead_code, unused_imports)]
-#[path = "../examples/llama2c/model.rs"]
-mod model;
-#[allow(dead_code, unused_imports)]
-#[path = "../examples/llama2c/policy.rs"]
-mod policy;
-#[allow(dead_code, unused_imports)]
-#[path = "../examples/llama2c/tokenizer.rs"]
-mod tokenizer;
-
 use std::hint::black_box;
-use std::path::Path;
 
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use crate::forward::{Decoder, StepOrder};
-use crate::generate::argmax;
-use crate::model::Model;
-use crate::policy::{PolicyKind, budget_tokens};
+use llama2c::files::{self, Kind};
+use llama2c::forward::{Decoder, StepOrder};
+use llama2c::generate::argmax;
+use llama2c::model::Model;
+use llama2c::policy::{PolicyKind, budget_tokens};
+use llama2c::tokenizer;
 
 /// CPU time of the benchmarking thread, from Linux's
 /// `/proc/thread-self/schedstat` (nanoseconds on a CPU), so that other
@@ -86,11 +69,11 @@ impl Measurement for ThreadCpuTime {
 }
 
 fn decode(c: &mut Criterion<ThreadCpuTime>) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/stories260K.bin");
+    let path = files::find_or_first(Kind::Model, "stories260K.bin");
     let model = match Model::load(&path) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("skipping the decode bench: {e}");
+            eprintln!("skipping the decode bench: {e}\nhint: {}", files::HINT);
             return;
         }
     };
@@ -104,7 +87,7 @@ fn decode(c: &mut Criterion<ThreadCpuTime>) {
     ];
     let decoders = configs.map(|(name, kind, budget)| {
         let policy = kind.build(budget, 0.5, seq_len).expect("valid policy");
-        (name, Decoder::new(&model, policy, StepOrder::Transformer).expect("decoder"))
+        (name, Decoder::new(&model, policy, StepOrder::InsertAttendEvict).expect("decoder"))
     });
     // The baseline: the same forward pass on llama2.c's plain K/V arrays.
     let plain = ("plain_arrays", Decoder::plain(&model));

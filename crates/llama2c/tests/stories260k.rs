@@ -1,50 +1,31 @@
-//! The llama2c example against llama2.c itself: greedy text byte for byte,
+//! The llama2c runner against llama2.c itself: greedy text byte for byte,
 //! a reduced teacher-forced eval whose checks follow from the method, and a
-//! tokenizer round trip on the story file. The example's modules are compiled
-//! in here, so their unit tests run too.
+//! tokenizer round trip on the story file.
 //!
-//! Needs `../shared/models/{stories260K.bin,tok512.bin}` and
-//! `../shared/data/tinystories_valid_sample.txt` beside the checkout. Without
-//! them the tests that need them print where to get them and pass, except
-//! under `CI=true`, where a missing file fails.
+//! Needs `stories260K.bin`, `tok512.bin` and `SOURCE.md` in a model folder and
+//! `tinystories_valid_sample.txt` in a data folder (see `llama2c::files`).
+//! Without them the tests that need them print where to get them and pass,
+//! except under `CI=true`, where a missing file fails.
 
-#[path = "../examples/llama2c/error.rs"]
-mod error;
-#[path = "../examples/llama2c/eval.rs"]
-mod eval;
-#[path = "../examples/llama2c/forward.rs"]
-mod forward;
-#[path = "../examples/llama2c/generate.rs"]
-mod generate;
-#[path = "../examples/llama2c/model.rs"]
-mod model;
-#[path = "../examples/llama2c/policy.rs"]
-mod policy;
-#[path = "../examples/llama2c/tokenizer.rs"]
-mod tokenizer;
+use llama2c::error::Error;
+use llama2c::eval::{self, Spec};
+use llama2c::files::{self, Kind};
+use llama2c::forward::StepOrder;
+use llama2c::generate::{self, End, Options, Sampler};
+use llama2c::model::Model;
+use llama2c::policy::PolicyKind;
+use llama2c::tokenizer::Tokenizer;
 
-use std::path::{Path, PathBuf};
-
-use crate::error::Error;
-use crate::eval::Spec;
-use crate::forward::StepOrder;
-use crate::generate::{Options, Sampler};
-use crate::model::Model;
-use crate::policy::PolicyKind;
-use crate::tokenizer::Tokenizer;
-
-/// `../shared/<rel>` beside the checkout, or `None` (with a message) when it
-/// is absent; under `CI=true` an absent file fails the test.
-fn shared(rel: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel);
-    if path.exists() {
+/// A model or data file from [`files::find`], or `None` (with a message) when
+/// it is absent; under `CI=true` an absent file fails the test.
+fn file(kind: Kind, name: &str) -> Option<std::path::PathBuf> {
+    if let Some(path) = files::find(kind, name) {
         return Some(path);
     }
     let msg = format!(
-        "{} is missing: get stories260K.bin and tok512.bin from huggingface.co/karpathy/tinyllamas \
-         (folder stories260K/) into ../shared/models/, and TinyStories validation stories into \
+        "{name} is missing: {}; the TinyStories validation sample goes in ./data/ or \
          ../shared/data/ (see the README's \"Real model\" section)",
-        path.display()
+        files::HINT
     );
     assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
     eprintln!("skipped: {msg}");
@@ -52,8 +33,9 @@ fn shared(rel: &str) -> Option<PathBuf> {
 }
 
 fn load() -> Option<(Model, Tokenizer)> {
-    let model = Model::load(&shared("models/stories260K.bin")?).unwrap();
-    let tok = Tokenizer::load_for(&shared("models/tok512.bin")?, model.config.vocab_size).unwrap();
+    let model = Model::load(&file(Kind::Model, "stories260K.bin")?).unwrap();
+    let tok =
+        Tokenizer::load_for(&file(Kind::Model, "tok512.bin")?, model.config.vocab_size).unwrap();
     Some((model, tok))
 }
 
@@ -72,7 +54,7 @@ fn expected_text(source: &str) -> String {
 #[test]
 fn greedy_text_matches_llama2c() {
     let Some((model, tok)) = load() else { return };
-    let source = std::fs::read_to_string(shared("models/SOURCE.md").unwrap()).unwrap();
+    let source = std::fs::read_to_string(file(Kind::Model, "SOURCE.md").unwrap()).unwrap();
     let expected = expected_text(&source);
     assert!(expected.starts_with("Once upon a time") && expected.lines().count() == 4);
     // Through the crate's FullCache, and through llama2.c-style plain arrays.
@@ -81,7 +63,7 @@ fn greedy_text_matches_llama2c() {
             prompt: String::new(),
             steps: 200,
             policy: PolicyKind::Full.build(512, 0.0, model.config.seq_len).unwrap(),
-            order: StepOrder::Transformer,
+            order: StepOrder::InsertAttendEvict,
             plain,
         };
         let mut greedy = Sampler::new(0.0, 0.9, 1).unwrap();
@@ -98,7 +80,7 @@ fn greedy_text_matches_llama2c() {
 fn reduced_eval_follows_from_the_method() {
     let Some((model, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let seq_len = model.config.seq_len;
     let windows = eval::windows(&tok, &text, seq_len, 2);
     assert_eq!(windows.len(), 2);
@@ -111,7 +93,8 @@ fn reduced_eval_follows_from_the_method() {
         }
     }
     let rows =
-        eval::evaluate(&model, &windows, &specs, StepOrder::Transformer, 2, &|_, _| {}).unwrap();
+        eval::evaluate(&model, &windows, &specs, StepOrder::InsertAttendEvict, 2, &|_, _| {})
+            .unwrap();
     let full = rows[0];
     let c = &model.config;
     let bytes_per_token = c.n_layers * c.n_kv_heads * 2 * c.head_dim() * size_of::<f32>();
@@ -139,14 +122,14 @@ fn teacher_forced_perplexity_matches_llama2c() {
     // SOURCE.md: run.c's per-token perplexity on the first 106 tokens of the
     // greedy text is 1.543 (average NLL 0.434).
     let Some((model, tok)) = load() else { return };
-    let source = std::fs::read_to_string(shared("models/SOURCE.md").unwrap()).unwrap();
+    let source = std::fs::read_to_string(file(Kind::Model, "SOURCE.md").unwrap()).unwrap();
     let tokens = tok.encode(&expected_text(&source), true);
     let window = tokens[..106].to_vec();
     let rows = eval::evaluate(
         &model,
         &[window],
         &[Spec::full(model.config.seq_len)],
-        StepOrder::Transformer,
+        StepOrder::InsertAttendEvict,
         1,
         &|_, _| {},
     )
@@ -160,7 +143,7 @@ fn teacher_forced_perplexity_matches_llama2c() {
 fn tokenizer_round_trips_the_story_file() {
     let Some((_, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let mut segments = 0;
     for segment in text.split(eval::STORY_SEPARATOR) {
         let tokens = tok.encode(segment, true);
@@ -175,7 +158,7 @@ fn tokenizer_round_trips_the_story_file() {
 #[test]
 fn mismatched_files_are_errors() {
     let Some((model, _)) = load() else { return };
-    let tok_path = shared("models/tok512.bin").unwrap();
+    let tok_path = file(Kind::Model, "tok512.bin").unwrap();
     let err = Tokenizer::load_for(&tok_path, model.config.vocab_size + 1).unwrap_err();
     assert!(matches!(err, Error::VocabMismatch { tokenizer: 512, model: 513 }), "{err}");
     // The tokenizer is not a checkpoint: its "header" implies another size.
@@ -190,14 +173,14 @@ fn document_order_differs_only_where_the_method_says() {
     // policy still gives the full cache's NLL in that order.
     let Some((model, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let seq_len = model.config.seq_len;
     let window = eval::windows(&tok, &text, seq_len, 1)[0][..128].to_vec();
     let specs = [Spec::full(seq_len), Spec::new(PolicyKind::H2o, 100, 0.5, seq_len)];
     let run = |order| {
         eval::evaluate(&model, std::slice::from_ref(&window), &specs, order, 1, &|_, _| {}).unwrap()
     };
-    let (doc, tf) = (run(StepOrder::Document), run(StepOrder::Transformer));
+    let (doc, tf) = (run(StepOrder::AttendInsertEvict), run(StepOrder::InsertAttendEvict));
     assert_eq!(doc[1].nll_sum, doc[0].nll_sum);
     assert!(doc[0].perplexity.is_finite() && doc[0].perplexity >= 1.0);
     assert_ne!(doc[0].nll_sum, tf[0].nll_sum);
@@ -207,14 +190,68 @@ fn document_order_differs_only_where_the_method_says() {
 fn eval_results_do_not_depend_on_the_thread_count() {
     let Some((model, tok)) = load() else { return };
     let text =
-        std::fs::read_to_string(shared("data/tinystories_valid_sample.txt").unwrap()).unwrap();
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
     let seq_len = model.config.seq_len;
     let windows: Vec<Vec<u32>> =
         eval::windows(&tok, &text, seq_len, 3).iter().map(|w| w[..96].to_vec()).collect();
     let specs = [Spec::full(seq_len), Spec::new(PolicyKind::H2o, 5, 0.5, seq_len)];
     let run = |threads| {
-        eval::evaluate(&model, &windows, &specs, StepOrder::Transformer, threads, &|_, _| {})
+        eval::evaluate(&model, &windows, &specs, StepOrder::InsertAttendEvict, threads, &|_, _| {})
             .unwrap()
     };
     assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn steps_past_the_context_go_on_with_eviction_and_stop_with_the_full_cache() {
+    // 600 steps on a 512-token model. The full cache (and the plain arrays)
+    // stop at 512 and say so; an evicting policy goes on at positions
+    // 512..600. Sampled stories may end early with BOS, so several seeds run
+    // and each outcome is checked; at least one run of each kind must reach
+    // the context.
+    let Some((model, tok)) = load() else { return };
+    let c = model.config;
+    let seq_len = c.seq_len;
+    let run = |kind: PolicyKind, plain: bool, seed: u64| {
+        let options = Options {
+            prompt: "Once upon a time".into(),
+            steps: 600,
+            policy: kind.build(64, 0.5, seq_len).unwrap(),
+            order: StepOrder::InsertAttendEvict,
+            plain,
+        };
+        let mut sampler = Sampler::new(1.0, 0.9, seed).unwrap();
+        generate::generate(&model, &tok, &mut sampler, &options).unwrap()
+    };
+    let (mut stopped_at_context, mut went_past) = (0, 0);
+    for seed in 1..=12 {
+        for plain in [false, true] {
+            let g = run(PolicyKind::Full, plain, seed);
+            match g.end {
+                End::ContextFull { asked, seq_len: s } => {
+                    assert_eq!((asked, s, g.steps), (600, seq_len, seq_len), "seed {seed}");
+                    stopped_at_context += 1;
+                }
+                End::Bos => assert!(g.steps < seq_len, "seed {seed}"),
+                End::Steps => panic!("the full cache ran {} steps without saying why", g.steps),
+            }
+        }
+        for kind in [PolicyKind::Recent, PolicyKind::H2o] {
+            let g = run(kind, false, seed);
+            match g.end {
+                End::Steps => {
+                    assert_eq!(g.steps, 600, "{kind:?}, seed {seed}");
+                    went_past += 1;
+                }
+                End::Bos => assert!(g.steps < 600, "{kind:?}, seed {seed}"),
+                End::ContextFull { .. } => panic!("{kind:?} evicts and must not stop at seq_len"),
+            }
+            // The budget bounds the cache, however long the run.
+            assert!(g.kv_bytes <= 64 * c.n_layers * c.n_kv_heads * 2 * c.head_dim() * 4);
+        }
+    }
+    eprintln!(
+        "{stopped_at_context} full-cache runs stopped at seq_len, {went_past} evicting runs reached 600 steps"
+    );
+    assert!(stopped_at_context > 0 && went_past > 0);
 }

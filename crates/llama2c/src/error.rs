@@ -70,8 +70,12 @@ pub enum Error {
         /// The vocabulary size.
         vocab_size: usize,
     },
-    /// More decode steps than the model's context.
-    #[error("position {position} is past the model's seq_len {seq_len}")]
+    /// More decode steps than the model's context, with a cache that keeps
+    /// every token (an evicting policy goes on past `seq_len`).
+    #[error(
+        "position {position} is past the model's seq_len {seq_len}, and the full cache keeps \
+         every token: use an evicting policy to decode further"
+    )]
     ContextFull {
         /// The position that was asked for.
         position: u64,

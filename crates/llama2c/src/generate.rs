@@ -145,8 +145,9 @@ fn printable(piece: &[u8]) -> bool {
 pub struct Options {
     /// Text to start from (after BOS); its tokens are forced.
     pub prompt: String,
-    /// Decode steps including the BOS position; 0 or more than `seq_len`
-    /// means `seq_len`.
+    /// Decode steps including the BOS position; 0 means `seq_len`. More than
+    /// `seq_len` runs past the model's context with an evicting policy, and
+    /// stops at `seq_len` with a cache that keeps every token (see [`End`]).
     pub steps: usize,
     /// Cache policy of every layer.
     pub policy: AnyPolicy,
@@ -157,13 +158,33 @@ pub struct Options {
     pub plain: bool,
 }
 
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// It ran the steps asked for.
+    Steps,
+    /// BOS was sampled (`run.c` stops there too).
+    Bos,
+    /// More steps were asked for than the model's `seq_len`, and the cache
+    /// keeps every token (full cache or plain arrays), so it stopped at
+    /// `seq_len`.
+    ContextFull {
+        /// Steps asked for.
+        asked: usize,
+        /// The model's context length, where it stopped.
+        seq_len: usize,
+    },
+}
+
 /// What a generation produced.
 #[derive(Debug, Clone)]
 pub struct Generation {
     /// The bytes `run.c` would print before its final newline.
     pub text: Vec<u8>,
-    /// Decode steps run.
+    /// Decode steps run (= positions fed, `0..steps`).
     pub steps: usize,
+    /// Why it stopped.
+    pub end: End,
     /// Key/value bytes resident at the end, all layers.
     pub kv_bytes: usize,
     /// Wall time of the decode loop, in seconds.
@@ -172,6 +193,11 @@ pub struct Generation {
 
 /// Runs `run.c`'s generation loop: feed BOS and the prompt, then sampled
 /// tokens; stop after `steps` positions or when BOS is sampled.
+///
+/// `run.c` caps the steps at `seq_len`. Here that cap applies only to a cache
+/// that keeps every token, and [`Generation::end`] says so; an evicting
+/// policy goes on at absolute positions `seq_len, seq_len + 1, …`, with RoPE
+/// at those positions (past what the model was trained on).
 ///
 /// # Errors
 /// As [`Decoder::new`] and [`Decoder::forward`].
@@ -182,12 +208,18 @@ pub fn generate(
     options: &Options,
 ) -> Result<Generation> {
     let seq_len = model.config.seq_len;
-    let steps = if options.steps == 0 || options.steps > seq_len { seq_len } else { options.steps };
     let prompt = tokenizer.encode(&options.prompt, true);
     let mut decoder = if options.plain {
         Decoder::plain(model)
     } else {
         Decoder::new(model, options.policy, options.order)?
+    };
+    let (steps, mut end) = match options.steps {
+        0 => (seq_len, End::Steps),
+        asked if asked > seq_len && !decoder.evicts() => {
+            (seq_len, End::ContextFull { asked, seq_len })
+        }
+        asked => (asked, End::Steps),
     };
     let start = Instant::now();
     let mut text = Vec::new();
@@ -201,6 +233,7 @@ pub fn generate(
         };
         pos += 1;
         if next == BOS {
+            end = End::Bos;
             break;
         }
         let piece = tokenizer.piece(token, next);
@@ -210,7 +243,7 @@ pub fn generate(
         token = next;
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(Generation { text, steps: pos, kv_bytes: decoder.kv_bytes(), seconds })
+    Ok(Generation { text, steps: pos, end, kv_bytes: decoder.kv_bytes(), seconds })
 }
 
 #[cfg(test)]

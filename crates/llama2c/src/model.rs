@@ -206,18 +206,27 @@ impl Model {
 }
 
 /// RoPE rotations as in llama2.c's `run.c`, computed in `f32`:
-/// `freq = 1 / 10000^(2i / head_dim)`, angle `pos · freq`.
+/// `freq = 1 / 10000^(2i / head_dim)`, angle `pos · freq`, for positions
+/// `0..seq_len`.
 pub(crate) fn rope_table(c: &Config) -> Vec<(f32, f32)> {
-    let hd = c.head_dim();
-    let mut table = Vec::with_capacity(c.seq_len * hd / 2);
-    for pos in 0..c.seq_len {
-        for i in (0..hd).step_by(2) {
-            let freq = 1.0 / 10000f32.powf(i as f32 / hd as f32);
-            let angle = pos as f32 * freq;
-            table.push((angle.cos(), angle.sin()));
-        }
+    let half = c.head_dim() / 2;
+    let mut table = vec![(0.0, 0.0); c.seq_len * half];
+    for (pos, row) in table.chunks_exact_mut(half).enumerate() {
+        rope_row(c, pos as u64, row);
     }
     table
+}
+
+/// The `head_dim / 2` RoPE rotations of one position, as [`rope_table`]
+/// computes them; also for positions past `seq_len`, which the model never
+/// saw in training.
+pub(crate) fn rope_row(c: &Config, pos: u64, row: &mut [(f32, f32)]) {
+    let hd = c.head_dim();
+    for (i, r) in (0..hd).step_by(2).zip(row) {
+        let freq = 1.0 / 10000f32.powf(i as f32 / hd as f32);
+        let angle = pos as f32 * freq;
+        *r = (angle.cos(), angle.sin());
+    }
 }
 
 /// A tiny valid header for tests: dim 8, hidden 12, 2 layers, 4 heads, 2 KV

@@ -5,8 +5,8 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::eval::Row;
-use crate::policy::PolicyKind;
+use llama2c::eval::Row;
+use llama2c::policy::PolicyKind;
 
 /// Plot errors are reported as text: plotters' error type is generic over the backend.
 pub type PlotError = String;

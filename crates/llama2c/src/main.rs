@@ -1,34 +1,18 @@
-//! A trained llama2.c model (karpathy's stories260K) decoding through h2o-kv's
-//! bounded caches, and a measurement of what each policy costs in quality.
-//!
-//! The model: 5 layers, 8 query heads sharing 4 KV heads of dimension 8, a
-//! 512-token context and a 512-token vocabulary. Every layer keeps one
-//! [`h2o_kv::LayerCache`] under the chosen policy; RoPE is applied to queries
-//! and keys at the absolute position before the key is cached.
-//!
-//! Modules: `model` (checkpoint), `tokenizer` (BPE), `forward` (the forward
-//! pass and its K/V store), `generate` (sampling, run.c's loop), `eval`
-//! (teacher-forced comparison of policies), `policy`, `plot`, `error`.
+//! The `llama2c` binary: generate text with stories260K through h2o-kv's
+//! caches, or compare every policy and budget with the full cache.
 //!
 //! ```text
-//! cargo run --release --example llama2c -- generate --temperature 0 --steps 200
-//! cargo run --release --example llama2c -- generate --temperature 0 --steps 200 --plain
-//! cargo run --release --example llama2c -- generate --policy h2o --budget 64 --prompt "Once upon"
-//! cargo run --release --example llama2c -- eval --csv docs/real_model.csv --plot docs/real_model.svg
+//! cargo run --release -p llama2c -- generate --temperature 0 --steps 200
+//! cargo run --release -p llama2c -- generate --temperature 0 --steps 200 --plain
+//! cargo run --release -p llama2c -- generate --policy h2o --budget 64 --prompt "Once upon"
+//! cargo run --release -p llama2c -- eval --csv docs/real_model.csv --plot docs/real_model.svg
 //! ```
 //!
 //! The files (not in the repository): `stories260K.bin` and `tok512.bin`
-//! from huggingface.co/karpathy/tinyllamas (folder `stories260K/`), looked up
-//! in `../shared/models/`; the story file in `../shared/data/`.
+//! from huggingface.co/karpathy/tinyllamas (folder `stories260K/`), and the
+//! story file; see [`llama2c::files`] for where they are looked up.
 
-mod error;
-mod eval;
-mod forward;
-mod generate;
-mod model;
 mod plot;
-mod policy;
-mod tokenizer;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -37,19 +21,23 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::error::{Error, Result};
-use crate::forward::StepOrder;
-use crate::model::Model;
-use crate::policy::PolicyKind;
-use crate::tokenizer::Tokenizer;
+use h2o_kv::EvictionPolicy;
+use llama2c::error::{Error, Result};
+use llama2c::files::{self, Kind};
+use llama2c::forward::StepOrder;
+use llama2c::model::Model;
+use llama2c::policy::PolicyKind;
+use llama2c::tokenizer::Tokenizer;
+use llama2c::{eval, generate};
 
 #[derive(Debug, Parser)]
 #[command(about = "Decode llama2.c's stories260K through h2o-kv caches")]
 struct Cli {
-    /// Checkpoint (llama2.c version-0 .bin) [default: ../shared/models/stories260K.bin]
+    /// Checkpoint (llama2.c version-0 .bin) [default: stories260K.bin in $H2O_KV_MODELS,
+    /// ./models/ or ../shared/models/]
     #[arg(long, global = true)]
     model: Option<PathBuf>,
-    /// Tokenizer (.bin) [default: ../shared/models/tok512.bin]
+    /// Tokenizer (.bin) [default: tok512.bin, looked up as the checkpoint]
     #[arg(long, global = true)]
     tokenizer: Option<PathBuf>,
     #[command(subcommand)]
@@ -63,13 +51,16 @@ enum Order {
     Transformer,
     /// Attend, insert, evict (paper Algorithm 1).
     Document,
+    /// Evict, insert, attend over exactly the budget (sliding-window-trained models).
+    Window,
 }
 
 impl From<Order> for StepOrder {
     fn from(o: Order) -> Self {
         match o {
-            Order::Transformer => StepOrder::Transformer,
-            Order::Document => StepOrder::Document,
+            Order::Transformer => StepOrder::InsertAttendEvict,
+            Order::Document => StepOrder::AttendInsertEvict,
+            Order::Window => StepOrder::EvictInsertAttend,
         }
     }
 }
@@ -81,7 +72,8 @@ enum Command {
         /// Prompt text (BOS is added).
         #[arg(long, default_value = "")]
         prompt: String,
-        /// Decode steps including the BOS position (0: seq_len).
+        /// Decode steps including the BOS position (0: seq_len). Past seq_len an
+        /// evicting policy goes on at absolute positions; the full cache stops at seq_len.
         #[arg(long, default_value_t = 256)]
         steps: usize,
         /// Sampling temperature; 0 is greedy.
@@ -112,7 +104,7 @@ enum Command {
     /// Teacher-forced perplexity of every policy and budget against the full cache.
     Eval {
         /// Story file, stories separated by `<|endoftext|>` lines
-        /// [default: ../shared/data/tinystories_valid_sample.txt]
+        /// [default: tinystories_valid_sample.txt in $H2O_KV_DATA, ./data/ or ../shared/data/]
         #[arg(long)]
         data: Option<PathBuf>,
         /// Budgets in percent of seq_len (rounded half up to tokens).
@@ -142,17 +134,6 @@ enum Command {
     },
 }
 
-/// `rel` under the current directory if it exists, else under the crate
-/// root (so `cargo run` works from anywhere in the checkout).
-fn default_path(rel: &str) -> PathBuf {
-    let here = PathBuf::from(rel);
-    if here.exists() {
-        return here;
-    }
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
-    if beside.exists() { beside } else { here }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -161,10 +142,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             if let Error::Io { source, .. } = &e {
                 if source.kind() == std::io::ErrorKind::NotFound {
-                    eprintln!(
-                        "hint: stories260K.bin and tok512.bin come from huggingface.co/karpathy/tinyllamas \
-                         (folder stories260K/); pass --model and --tokenizer, or put them in ../shared/models/"
-                    );
+                    eprintln!("hint: {}", files::HINT);
                 }
             }
             ExitCode::FAILURE
@@ -173,8 +151,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let model_path = cli.model.unwrap_or_else(|| default_path("../shared/models/stories260K.bin"));
-    let tok_path = cli.tokenizer.unwrap_or_else(|| default_path("../shared/models/tok512.bin"));
+    let model_path =
+        cli.model.unwrap_or_else(|| files::find_or_first(Kind::Model, "stories260K.bin"));
+    let tok_path = cli.tokenizer.unwrap_or_else(|| files::find_or_first(Kind::Model, "tok512.bin"));
     let model = Model::load(&model_path)?;
     let tokenizer = Tokenizer::load_for(&tok_path, model.config.vocab_size)?;
     let seq_len = model.config.seq_len;
@@ -200,6 +179,22 @@ fn run(cli: Cli) -> Result<()> {
                 plain,
             };
             let g = generate::generate(&model, &tokenizer, &mut sampler, &options)?;
+            if let generate::End::ContextFull { asked, seq_len } = g.end {
+                eprintln!(
+                    "note: stopped at {seq_len} steps, not {asked}: the model's context is \
+                     {seq_len} tokens and the full cache keeps every token; an evicting --policy \
+                     (recent, heavy, h2o) decodes further"
+                );
+            }
+            if g.steps > seq_len {
+                eprintln!(
+                    "note: positions {seq_len}..{} are past the {seq_len} tokens the model was \
+                     trained on; RoPE rotated them at those absolute positions, and each layer \
+                     kept at most {} tokens per KV head",
+                    g.steps - 1,
+                    options.policy.budget()
+                );
+            }
             let mut stdout = std::io::stdout().lock();
             let written = stdout.write_all(&g.text).and_then(|()| writeln!(stdout));
             written.map_err(|e| Error::io(Path::new("<stdout>"), e))?;
@@ -222,8 +217,9 @@ fn run(cli: Cli) -> Result<()> {
             csv,
             plot,
         } => {
-            let data =
-                data.unwrap_or_else(|| default_path("../shared/data/tinystories_valid_sample.txt"));
+            let data = data.unwrap_or_else(|| {
+                files::find_or_first(Kind::Data, "tinystories_valid_sample.txt")
+            });
             let text = std::fs::read_to_string(&data).map_err(|e| Error::io(&data, e))?;
             let windows = eval::windows(&tokenizer, &text, seq_len, windows);
             let specs = eval::grid(&budgets, &fractions, sweep_budget, seq_len);
