@@ -1,0 +1,141 @@
+//! `generate`: a prompt in, the prompt and its continuation out.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use h2o_kv_candle::Error;
+use h2o_kv_candle::llama::LlamaCache;
+
+use crate::common::{self, Budget, PolicyKind, Result, Rng};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The prompt.
+    #[arg(default_value = "Once upon a time")]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// Start the prompt with BOS (the GGUF says SmolLM2 does not use one).
+    #[arg(long)]
+    bos: bool,
+    /// Tokens to generate (stops earlier at EOS).
+    #[arg(long, default_value_t = 128)]
+    steps: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Eviction policy, the same in every layer.
+    #[arg(long, value_enum, default_value_t = PolicyKind::Full)]
+    policy: PolicyKind,
+    /// Tokens kept per head: a number, or a percentage of prompt + steps (e.g. 20%).
+    #[arg(long, default_value = "20%")]
+    budget: Budget,
+    /// H2O's heavy-hitter share of the budget.
+    #[arg(long, default_value_t = 0.5)]
+    heavy_fraction: f64,
+    /// Print one more line `ids: ...` with the generated token ids.
+    #[arg(long)]
+    print_ids: bool,
+    /// The GGUF file (default: looked up, see the crate README).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// Samples a token from `logits` at `temperature` with nucleus `top_p`.
+fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> u32 {
+    if temperature <= 0.0 {
+        return common::argmax(logits) as u32;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut p: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i as u32, ((x as f64 - max) / temperature).exp()))
+        .collect();
+    let total: f64 = p.iter().map(|x| x.1).sum();
+    p.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut kept = 0.0;
+    let mut n = 0;
+    for &(_, w) in &p {
+        kept += w / total;
+        n += 1;
+        if kept >= top_p {
+            break;
+        }
+    }
+    let mass: f64 = p[..n].iter().map(|x| x.1).sum();
+    let mut r = rng.next_f64() * mass;
+    for &(id, w) in &p[..n] {
+        if r < w {
+            return id;
+        }
+        r -= w;
+    }
+    p[n - 1].0
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) || !a.temperature.is_finite() || a.temperature < 0.0 {
+        return Err("--top-p must be in (0, 1] and --temperature finite and ≥ 0".into());
+    }
+    let (_, model, tok) = common::load(a.model.as_deref(), false)?;
+    let text = if a.chat { tok.chat_prompt(&a.prompt)? } else { a.prompt.clone() };
+    let mut prompt = tok.encode(&text)?;
+    if a.bos {
+        prompt.insert(0, tok.bos_id().ok_or("the GGUF names no BOS token")?);
+    }
+    let context = model.config().context_length;
+    let budget = a.budget.tokens(prompt.len() + a.steps);
+    let policy = common::make_policy(a.policy, budget, a.heavy_fraction, context)?;
+    let mut cache = LlamaCache::new(model.config(), policy)?;
+
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", tok.decode(&prompt)?)?;
+    out.flush()?;
+    let mut rng = Rng::new(a.seed);
+    let mut logits = model.forward(&mut cache, &prompt)?.to_vec1::<f32>()?;
+    let mut generated = Vec::new();
+    let mut shown = String::new();
+    for _ in 0..a.steps {
+        let next = sample(&logits, a.temperature, a.top_p, &mut rng);
+        if Some(next) == tok.eos_id() {
+            break;
+        }
+        generated.push(next);
+        // Print whole characters only: a byte-level token may end mid-character.
+        let text = tok.decode(&generated)?;
+        if !text.ends_with('\u{FFFD}') && text.len() > shown.len() && text.starts_with(&shown) {
+            write!(out, "{}", &text[shown.len()..])?;
+            out.flush()?;
+            shown = text;
+        }
+        match model.forward(&mut cache, &[next]) {
+            Ok(l) => logits = l.to_vec1::<f32>()?,
+            Err(Error::ContextExceeded { capacity, .. }) => {
+                eprintln!(
+                    "\nstopped: the full cache holds {capacity} tokens (the model's context); \
+                     an evicting policy (--policy h2o) continues past it"
+                );
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let text = tok.decode(&generated)?;
+    if text.len() > shown.len() && text.starts_with(&shown) {
+        write!(out, "{}", &text[shown.len()..])?;
+    }
+    writeln!(out)?;
+    if a.print_ids {
+        let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
+        writeln!(out, "ids: {}", ids.join(" "))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! `passkey`: can the model still find a 5-digit key hidden in filler text
+//! when its cache keeps only part of the prompt?
+//!
+//! Plain text, no chat template: an instruction, filler sentences, one
+//! sentence holding the key at a given depth, then the question. The prompt
+//! goes in as one prefill (H2O's scores are then the column sums of the
+//! prompt's attention) and the model decodes up to 8 tokens greedily; a run
+//! is correct when the key appears in them.
+//!
+//! A prefill evicts only at its end, so its activations are the same for every
+//! policy: each prompt runs its matrix products once, shared by all caches
+//! (`Llama::prefill_shared`), and the first generated token is the same for
+//! every policy.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use h2o_kv_candle::llama::{Llama, LlamaCache, Tokenizer};
+
+use crate::common::{self, PolicyKind, Result, Rng, Spec};
+use crate::plot;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Prompt lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+    lengths: Vec<usize>,
+    /// Depths of the key sentence, in % of the filler.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,90")]
+    depths: Vec<f64>,
+    /// Keys (prompts) per length × depth.
+    #[arg(long, default_value_t = 10)]
+    keys: usize,
+    /// Bounded policies to compare with the full cache.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "recent,h2o")]
+    policies: Vec<PolicyKind>,
+    /// Budgets in % of the prompt.
+    #[arg(long, value_delimiter = ',', default_value = "10,20,50")]
+    budgets: Vec<f64>,
+    /// H2O heavy-hitter shares.
+    #[arg(long, value_delimiter = ',', default_value = "0.5")]
+    heavy_fractions: Vec<f64>,
+    /// Seed of the keys.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Run your own prompts instead: JSON lines `{"id", "prompt", "key"}`.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Write one JSON line per prompt: each policy's generated ids and text.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the accuracy table as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write an SVG heat map of accuracy.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Multiply with candle's quantized kernels (8-bit activations) instead of
+    /// the GGUF's weights dequantized to f32 (same weights; f32 is ~14× faster
+    /// for these batched evals on a CPU).
+    #[arg(long)]
+    quantized: bool,
+    /// The GGUF file.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// One prompt to run.
+#[derive(Debug, Clone)]
+struct Case {
+    id: String,
+    prompt: String,
+    key: String,
+    /// (target length, depth %) for the built-in grid.
+    cell: Option<(usize, f64)>,
+}
+
+/// A cell of the accuracy table.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    pub spec: Spec,
+    pub length: usize,
+    pub depth: f64,
+    pub correct: usize,
+    pub total: usize,
+}
+
+const INSTRUCTION: &str = "There is an important piece of information hidden inside a lot of \
+irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n";
+const FILLER: &str =
+    " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+const QUESTION: &str = "\nWhat is the pass key? The pass key is";
+
+fn needle(key: &str) -> String {
+    format!(" The pass key is {key}. Remember it. {key} is the pass key.")
+}
+
+fn build(n_filler: usize, depth: f64, key: &str) -> String {
+    let before = ((n_filler as f64) * depth / 100.0).round() as usize;
+    let mut s = String::from(INSTRUCTION);
+    for _ in 0..before {
+        s.push_str(FILLER);
+    }
+    s.push_str(&needle(key));
+    for _ in before..n_filler {
+        s.push_str(FILLER);
+    }
+    s.push_str(QUESTION);
+    s
+}
+
+/// The prompt of at most `length` tokens with the most filler.
+fn fit(tok: &Tokenizer, length: usize, depth: f64, key: &str) -> Result<String> {
+    let (mut lo, mut hi) = (0usize, length);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if tok.encode(&build(mid, depth, key))?.len() <= length {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(build(lo, depth, key))
+}
+
+fn grid_cases(tok: &Tokenizer, a: &Args) -> Result<Vec<Case>> {
+    let mut rng = Rng::new(a.seed);
+    let mut cases = Vec::new();
+    for &length in &a.lengths {
+        for &depth in &a.depths {
+            for k in 0..a.keys {
+                let key = format!("{}", 10_000 + rng.next_u64() % 90_000);
+                cases.push(Case {
+                    id: format!("len{length}-depth{depth}-{k}"),
+                    prompt: fit(tok, length, depth, &key)?,
+                    key,
+                    cell: Some((length, depth)),
+                });
+            }
+        }
+    }
+    Ok(cases)
+}
+
+fn file_cases(path: &std::path::Path) -> Result<Vec<Case>> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut cases = Vec::new();
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        let field = |k: &str| -> Result<String> {
+            match &v[k] {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Number(x) => Ok(x.to_string()),
+                _ => {
+                    Err(format!("{}:{}: missing string field {k:?}", path.display(), n + 1).into())
+                }
+            }
+        };
+        cases.push(Case {
+            id: field("id")?,
+            prompt: field("prompt")?,
+            key: field("key")?,
+            cell: None,
+        });
+    }
+    Ok(cases)
+}
+
+/// Greedy continuation (up to 8 tokens) for every cache after a shared prefill.
+fn answer(
+    model: &Llama,
+    tok: &Tokenizer,
+    caches: &mut [LlamaCache],
+    ids: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    let first = common::argmax(&model.prefill_shared(caches, ids)?.to_vec1::<f32>()?) as u32;
+    let mut outs = Vec::with_capacity(caches.len());
+    for cache in caches.iter_mut() {
+        let mut out = vec![first];
+        while out.len() < 8 && Some(*out.last().unwrap()) != tok.eos_id() {
+            let logits = model.forward(cache, &[*out.last().unwrap()])?.to_vec1::<f32>()?;
+            out.push(common::argmax(&logits) as u32);
+        }
+        outs.push(out);
+    }
+    Ok(outs)
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let (_, model, tok) = common::load(a.model.as_deref(), !a.quantized)?;
+    let cases = match &a.prompts {
+        Some(p) => file_cases(p)?,
+        None => grid_cases(&tok, a)?,
+    };
+    let specs = common::grid(&a.policies, &a.budgets, &a.heavy_fractions);
+    let mut out = match &a.out {
+        Some(p) => Some(std::fs::File::create(p)?),
+        None => None,
+    };
+    let mut cells: Vec<Cell> = Vec::new();
+    let started = Instant::now();
+    let pb = common::bar(cases.len() as u64, "passkey");
+    for case in &cases {
+        pb.set_message(case.id.clone());
+        let ids = tok.encode(&case.prompt)?;
+        if ids.is_empty() {
+            return Err(format!("prompt {} is empty", case.id).into());
+        }
+        let capacity = ids.len() + 8;
+        if capacity > model.config().context_length {
+            return Err(format!(
+                "prompt {}: {} tokens leave no room in the {}-token context",
+                case.id,
+                ids.len(),
+                model.config().context_length
+            )
+            .into());
+        }
+        let mut caches = specs
+            .iter()
+            .map(|s| Ok(LlamaCache::new(model.config(), s.policy(ids.len(), capacity)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let answers = answer(&model, &tok, &mut caches, &ids)?;
+        let mut results = Vec::new();
+        for ((spec, ans), cache) in specs.iter().zip(&answers).zip(&caches) {
+            let text = tok.decode(ans)?;
+            let correct = text.contains(&case.key);
+            results.push(serde_json::json!({
+                "policy": spec.kind.name(), "budget_percent": spec.percent,
+                "heavy_fraction": spec.heavy_fraction, "label": spec.label(),
+                "ids": ans, "text": text, "correct": correct, "kv_bytes": cache.kv_bytes(),
+            }));
+            let (length, depth) = case.cell.unwrap_or((0, f64::NAN));
+            match cells.iter_mut().find(|c| {
+                c.spec == *spec
+                    && c.length == length
+                    && (c.depth == depth || (c.depth.is_nan() && depth.is_nan()))
+            }) {
+                Some(c) => {
+                    c.correct += usize::from(correct);
+                    c.total += 1;
+                }
+                None => cells.push(Cell {
+                    spec: *spec,
+                    length,
+                    depth,
+                    correct: usize::from(correct),
+                    total: 1,
+                }),
+            }
+        }
+        if let Some(f) = &mut out {
+            let line = serde_json::json!({"id": case.id, "key": case.key, "tokens": ids.len(), "results": results});
+            writeln!(f, "{line}")?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    eprintln!(
+        "passkey: {} prompts × {} policies in {:.1} s",
+        cases.len(),
+        specs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    print_table(&cells, &specs);
+    if let Some(p) = &a.csv {
+        let mut f = std::fs::File::create(p)?;
+        writeln!(f, "policy,budget_percent,heavy_fraction,length,depth_percent,correct,total")?;
+        for c in &cells {
+            writeln!(
+                f,
+                "{},{},{},{},{},{},{}",
+                c.spec.kind.name(),
+                c.spec.percent,
+                c.spec.heavy_fraction,
+                c.length,
+                c.depth,
+                c.correct,
+                c.total
+            )?;
+        }
+    }
+    if let Some(p) = &a.plot {
+        plot::passkey(&cells, &specs, p)?;
+    }
+    Ok(())
+}
+
+/// Markdown: one row per policy, one column per (length, depth), plus the total.
+fn print_table(cells: &[Cell], specs: &[Spec]) {
+    let mut cols: Vec<(usize, f64)> = Vec::new();
+    for c in cells {
+        if !cols
+            .iter()
+            .any(|&(l, d)| l == c.length && (d == c.depth || (d.is_nan() && c.depth.is_nan())))
+        {
+            cols.push((c.length, c.depth));
+        }
+    }
+    let head: Vec<String> = cols
+        .iter()
+        .map(|&(l, d)| if d.is_nan() { "your prompts".into() } else { format!("{l} @{d}%") })
+        .collect();
+    println!("| policy | {} | total |", head.join(" | "));
+    println!("|---|{}---:|", "---:|".repeat(cols.len()));
+    for s in specs {
+        let mut line = format!("| {} |", s.label());
+        let (mut ok, mut n) = (0, 0);
+        for &(l, d) in &cols {
+            match cells.iter().find(|c| {
+                c.spec == *s && c.length == l && (c.depth == d || (d.is_nan() && c.depth.is_nan()))
+            }) {
+                Some(c) => {
+                    line.push_str(&format!(" {}/{} |", c.correct, c.total));
+                    ok += c.correct;
+                    n += c.total;
+                }
+                None => line.push_str(" – |"),
+            }
+        }
+        println!("{line} {ok}/{n} |");
+    }
+}

@@ -1,0 +1,259 @@
+//! `ppl`: teacher-forced perplexity of each policy on long windows.
+//!
+//! Each window is scored with the full cache (prefill: exact causal
+//! attention) and with every policy of the grid, teacher-forced: the model
+//! runs layer by layer, the projections and MLP as batched products over the
+//! window, the attention token by token through the cache, which is exactly
+//! what decoding the window one token at a time gives (tested against it).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use h2o_kv_candle::llama::{Llama, LlamaCache};
+use h2o_kv_candle::locate::find_data;
+
+use crate::common::{self, PolicyKind, Result, Spec};
+use crate::plot;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Tokens per window.
+    #[arg(long, default_value_t = 2048)]
+    window: usize,
+    /// Windows per text, spread evenly over the text.
+    #[arg(long, default_value_t = 1)]
+    windows: usize,
+    /// Texts: `wikitext` (WikiText-2 test), `alice` (Alice in Wonderland), or a path.
+    #[arg(long, value_delimiter = ',', default_value = "wikitext,alice")]
+    texts: Vec<String>,
+    /// Bounded policies to compare with the full cache.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "recent,heavy,h2o")]
+    policies: Vec<PolicyKind>,
+    /// Budgets in % of the window.
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20,40")]
+    budgets: Vec<f64>,
+    /// H2O heavy-hitter shares.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.25,0.5")]
+    heavy_fractions: Vec<f64>,
+    /// Write the rows as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write an SVG plot (perplexity × full against budget).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Multiply with candle's quantized kernels (8-bit activations) instead of
+    /// the GGUF's weights dequantized to f32 (same weights; f32 is ~14× faster
+    /// for these batched evals on a CPU).
+    #[arg(long)]
+    quantized: bool,
+    /// The GGUF file.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// One (text, policy) result, summed over windows.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub text: String,
+    pub spec: Spec,
+    pub nll: f64,
+    pub tokens: usize,
+    pub agree: usize,
+    pub kl: f64,
+    pub kv_bytes: u64,
+    pub windows: usize,
+}
+
+impl Row {
+    pub fn ppl(&self) -> f64 {
+        (self.nll / self.tokens as f64).exp()
+    }
+}
+
+fn text_file(name: &str) -> Result<PathBuf> {
+    let rel = match name {
+        "wikitext" => "wikitext-2-raw/wiki.test.raw",
+        "alice" => "books/alice29.txt",
+        path => return Ok(PathBuf::from(path)),
+    };
+    Ok(find_data(
+        None,
+        rel,
+        "WikiText-2 raw (wiki.test.raw) and alice29.txt (Canterbury corpus); set H2O_KV_DATA=DIR",
+    )?)
+}
+
+/// Row-wise log-softmax of `[rows, vocab]` logits, kept in f32 (a 2048-token
+/// window of SmolLM2 is 400 MB at f32).
+fn log_probs(logits: &candle_core::Tensor) -> Result<Vec<Vec<f32>>> {
+    let rows = logits.to_vec2::<f32>()?;
+    Ok(rows.iter().map(|r| common::log_softmax(r).iter().map(|&x| x as f32).collect()).collect())
+}
+
+fn score(
+    model: &Llama,
+    spec: &Spec,
+    window: &[u32],
+    full: &[Vec<f32>],
+    row: &mut Row,
+) -> Result<()> {
+    let mut cache = LlamaCache::new(model.config(), spec.policy(window.len(), window.len())?)?;
+    let logits = if spec.kind == PolicyKind::Full {
+        model.forward_all(&mut cache, window)?
+    } else {
+        model.teacher_forced(&mut cache, window)?
+    };
+    let logits = logits.narrow(0, 0, window.len() - 1)?.to_vec2::<f32>()?;
+    for (t, l) in logits.iter().enumerate() {
+        let p = common::log_softmax(l);
+        row.nll -= p[window[t + 1] as usize];
+        let f = &full[t];
+        row.agree += usize::from(common::argmax(l) == argmax32(f));
+        row.kl +=
+            f.iter().zip(&p).map(|(&a, &b)| f64::from(a).exp() * (f64::from(a) - b)).sum::<f64>();
+    }
+    row.tokens += logits.len();
+    row.kv_bytes += cache.kv_bytes() as u64;
+    row.windows += 1;
+    Ok(())
+}
+
+fn argmax32(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    if a.window < 2 || a.windows == 0 {
+        return Err("--window must be at least 2 and --windows at least 1".into());
+    }
+    let (_, model, tok) = common::load(a.model.as_deref(), !a.quantized)?;
+    if a.window > model.config().context_length {
+        return Err(format!(
+            "--window {} exceeds the model's context {}",
+            a.window,
+            model.config().context_length
+        )
+        .into());
+    }
+    let specs = common::grid(&a.policies, &a.budgets, &a.heavy_fractions);
+    let mut rows = Vec::new();
+    let started = Instant::now();
+    for name in &a.texts {
+        let path = text_file(name)?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let ids = tok.encode(&text)?;
+        if ids.len() < a.window {
+            return Err(format!("{name}: {} tokens, fewer than one window", ids.len()).into());
+        }
+        let span = ids.len() - a.window;
+        let starts: Vec<usize> = (0..a.windows)
+            .map(|i| if a.windows == 1 { 0 } else { span * i / (a.windows - 1) })
+            .collect();
+        eprintln!(
+            "{name}: {} tokens, {} window(s) of {} at {:?}",
+            ids.len(),
+            starts.len(),
+            a.window,
+            starts
+        );
+        let mut text_rows: Vec<Row> = specs
+            .iter()
+            .map(|&spec| Row {
+                text: name.clone(),
+                spec,
+                nll: 0.0,
+                tokens: 0,
+                agree: 0,
+                kl: 0.0,
+                kv_bytes: 0,
+                windows: 0,
+            })
+            .collect();
+        let pb = common::bar((starts.len() * specs.len()) as u64, name);
+        for &s in &starts {
+            let window = &ids[s..s + a.window];
+            let mut cache = LlamaCache::full(model.config())?;
+            let full =
+                log_probs(&model.forward_all(&mut cache, window)?.narrow(0, 0, a.window - 1)?)?;
+            for (spec, row) in specs.iter().zip(&mut text_rows) {
+                pb.set_message(format!("{name} {}", spec.label()));
+                score(&model, spec, window, &full, row)?;
+                pb.inc(1);
+            }
+        }
+        pb.finish_and_clear();
+        rows.extend(text_rows);
+    }
+    eprintln!("ppl: {} rows in {:.1} s", rows.len(), started.elapsed().as_secs_f64());
+    print_table(&rows, a.window);
+    if let Some(p) = &a.csv {
+        write_csv(&rows, p, a.window)?;
+    }
+    if let Some(p) = &a.plot {
+        plot::ppl(&rows, p, a.window)?;
+    }
+    Ok(())
+}
+
+fn full_ppl(rows: &[Row], text: &str) -> f64 {
+    rows.iter()
+        .find(|r| r.text == text && r.spec.kind == PolicyKind::Full)
+        .map_or(f64::NAN, Row::ppl)
+}
+
+fn print_table(rows: &[Row], window: usize) {
+    println!(
+        "| text | policy | budget (tokens) | perplexity | × full | top-1 agreement | KL to full (nats) | KV bytes |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let budget = crate::common::Budget::Percent(r.spec.percent).tokens(window);
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.1}% | {:.4} | {:.1} MiB |",
+            r.text,
+            r.spec.label(),
+            if r.spec.kind == PolicyKind::Full { window } else { budget },
+            r.ppl(),
+            r.ppl() / full_ppl(rows, &r.text),
+            100.0 * r.agree as f64 / r.tokens as f64,
+            (r.kl / r.tokens as f64).max(0.0), // f32 log-probs: the full row is ±1e-7
+            common::mib(r.kv_bytes / r.windows.max(1) as u64),
+        );
+    }
+}
+
+fn write_csv(rows: &[Row], path: &std::path::Path, window: usize) -> Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    writeln!(
+        f,
+        "text,policy,budget_percent,budget_tokens,heavy_fraction,window,windows,tokens,perplexity,ppl_over_full,top1_agreement,kl_to_full,kv_bytes"
+    )?;
+    for r in rows {
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.6},{}",
+            r.text,
+            r.spec.kind.name(),
+            r.spec.percent,
+            crate::common::Budget::Percent(r.spec.percent).tokens(window),
+            r.spec.heavy_fraction,
+            window,
+            r.windows,
+            r.tokens,
+            r.ppl(),
+            r.ppl() / full_ppl(rows, &r.text),
+            r.agree as f64 / r.tokens as f64,
+            r.kl / r.tokens as f64,
+            r.kv_bytes / r.windows.max(1) as u64,
+        )?;
+    }
+    Ok(())
+}

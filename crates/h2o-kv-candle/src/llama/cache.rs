@@ -1,0 +1,131 @@
+//! [`LlamaCache`]: one sequence's KV caches, one per layer.
+
+use h2o_kv::{AnyPolicy, EvictionPolicy, Full, LayerCache};
+
+use super::config::Config;
+use crate::adapter::TensorLayerCache;
+use crate::error::{Error, Result};
+
+/// One sequence's KV caches for every layer of a [`Llama`](super::Llama):
+/// a policy and budget per layer (the same for all, or a list).
+///
+/// The model weights are shared and immutable; a `LlamaCache` is the state of
+/// one sequence, so many can run on one model (one per policy in an eval, one
+/// per user in a server).
+///
+/// # Example
+/// ```
+/// use h2o_kv::{AnyPolicy, H2O, Recent};
+/// use h2o_kv_candle::llama::{Config, LlamaCache, RopeLayout};
+///
+/// # fn main() -> Result<(), h2o_kv_candle::Error> {
+/// let config = Config {
+///     n_layers: 3, dim: 16, ffn_dim: 32, n_heads: 4, n_kv_heads: 2, head_dim: 4,
+///     rope_theta: 10_000.0, rope_layout: RopeLayout::Interleaved, rms_eps: 1e-5,
+///     context_length: 64, vocab_size: 10,
+/// };
+/// // H2O with 8 + 8 tokens in every layer.
+/// let cache = LlamaCache::new(&config, H2O::new(8, 8)?.into())?;
+/// assert_eq!(cache.layers().len(), 3);
+/// // A per-layer schedule: wider budgets in the lower layers.
+/// let schedule: Vec<AnyPolicy> =
+///     [32, 16, 8].iter().map(|&b| Recent::new(b).map(Into::into)).collect::<Result<_, _>>()?;
+/// let cache = LlamaCache::per_layer(&config, &schedule)?;
+/// assert_eq!(cache.layers()[2].layer().budget(), 8);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct LlamaCache {
+    layers: Vec<TensorLayerCache<f32, AnyPolicy>>,
+}
+
+impl LlamaCache {
+    /// The same `policy` in every layer. The cache stores f32 keys and values.
+    ///
+    /// # Errors
+    /// As [`LayerCache::new`] (an impossible allocation, bad head counts).
+    pub fn new(config: &Config, policy: AnyPolicy) -> Result<Self> {
+        Self::per_layer(config, &vec![policy; config.n_layers])
+    }
+
+    /// A full cache of the model's context length in every layer: exact
+    /// attention, and an [`Error::ContextExceeded`] past the context.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn full(config: &Config) -> Result<Self> {
+        Self::new(config, Full::new(config.context_length)?.into())
+    }
+
+    /// `policies[l]` in layer `l` (e.g. a per-layer budget schedule).
+    ///
+    /// # Errors
+    /// [`Error::LayerCount`] unless there is one policy per layer; then as
+    /// [`LayerCache::new`].
+    pub fn per_layer(config: &Config, policies: &[AnyPolicy]) -> Result<Self> {
+        if policies.len() != config.n_layers {
+            return Err(Error::LayerCount { got: policies.len(), layers: config.n_layers });
+        }
+        let layers = policies
+            .iter()
+            .map(|&p| {
+                let layer = LayerCache::new(config.n_heads, config.n_kv_heads, config.head_dim, p)?;
+                Ok(TensorLayerCache::new(layer))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// The layers' caches, in layer order.
+    #[must_use]
+    pub fn layers(&self) -> &[TensorLayerCache<f32, AnyPolicy>] {
+        &self.layers
+    }
+
+    pub(crate) fn layers_mut(&mut self) -> &mut [TensorLayerCache<f32, AnyPolicy>] {
+        &mut self.layers
+    }
+
+    /// The position the next token gets (tokens seen so far).
+    #[must_use]
+    pub fn next_position(&self) -> u64 {
+        self.layers.first().map_or(0, |l| l.layer().next_position())
+    }
+
+    /// Tokens resident per KV head, summed over layers.
+    #[must_use]
+    pub fn resident_tokens(&self) -> usize {
+        self.layers.iter().map(|l| l.layer().len()).sum()
+    }
+
+    /// Key and value bytes held by resident tokens, over all layers and heads.
+    #[must_use]
+    pub fn kv_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.layer().kv_bytes()).sum()
+    }
+
+    /// Forgets every token; positions restart at 0.
+    pub fn reset(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.layer_mut().reset());
+    }
+
+    /// Whether `n` more tokens fit: an evicting layer always has room; a full
+    /// layer holds at most its capacity.
+    ///
+    /// # Errors
+    /// [`Error::ContextExceeded`] for the first full layer without room.
+    pub fn check_room(&self, n: usize) -> Result<()> {
+        for l in &self.layers {
+            let layer = l.layer();
+            let policy = layer.heads()[0].policy();
+            if !policy.evicts() && layer.len() + n > policy.budget() {
+                return Err(Error::ContextExceeded {
+                    tokens: layer.len() + n,
+                    capacity: policy.budget(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
