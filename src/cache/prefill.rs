@@ -179,7 +179,8 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
                             *l += x.widen();
                         }
                     }
-                    if let Some((resident, chunk)) = observed.as_mut().filter(|_| i + observe >= p) {
+                    if let Some((resident, chunk)) = observed.as_mut().filter(|_| i + observe >= p)
+                    {
                         for (o, x) in resident.iter_mut().zip(&w[..hw]) {
                             *o += x.widen();
                         }
