@@ -36,8 +36,9 @@ use crate::policy::EvictionPolicy;
 /// heads in parallel on the current rayon pool (call them inside
 /// `pool.install` to choose the pool); the results are bit-identical to the
 /// serial loop, and the error reported is the first failing head's in head
-/// order. Run the decode loop inside the pool: a call from outside any pool
-/// queues a job on rayon's global injector, which allocates now and then.
+/// order. The layer itself allocates nothing per step; rayon's scheduler may,
+/// rarely (its job queues grow or are reclaimed now and then, more often for
+/// calls from outside any pool, so run the decode loop inside the pool).
 ///
 /// # Example
 /// ```

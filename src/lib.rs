@@ -110,8 +110,8 @@
 //!   AVX-512 where the CPU has it and `head_dim` is a multiple of 16
 //!   ([`kernels::one_pass_isa`] tells which runs).
 //! - `rayon` (off): a [`LayerCache`] step runs its KV heads in parallel on the
-//!   current rayon pool; the results are bit-identical to the serial loop, and
-//!   a decode loop inside a pool allocates nothing per step.
+//!   current rayon pool; the results are bit-identical to the serial loop. The
+//!   crate allocates nothing per step; rayon's scheduler may, rarely.
 
 #![doc(test(attr(deny(warnings))))]
 

@@ -166,12 +166,14 @@ fn main() {
         check_layer::<f32>("layer f32", 32, 32);
         check_layer::<f64>("layer f64", 4, 1);
     };
-    // With `rayon`, a layer runs its heads on the pool it is called from; a
-    // decode loop inside the pool allocates nothing per step (a call from
-    // outside any pool queues a job on rayon's global injector, which
-    // allocates a block every few dozen calls).
+    // With `rayon`, a layer runs its heads on the pool it is called from; the
+    // crate's own code allocates nothing per step there (the heads' results
+    // go into preallocated room). The check runs in a 1-thread pool: with 2
+    // threads, rayon's work-stealing deques (crossbeam) occasionally allocate
+    // when a job is stolen (seen in 1 of 4 runs: 2 allocations in 200 steps
+    // of a 32-head layer), which this test cannot tell from the crate's.
     #[cfg(feature = "rayon")]
-    rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(layers);
+    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(layers);
     #[cfg(not(feature = "rayon"))]
     layers();
     println!("no_alloc: all checks passed");
