@@ -82,7 +82,9 @@ fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> u32 {
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) || !a.temperature.is_finite() || a.temperature < 0.0 {
+    let top_p_ok = a.top_p > 0.0 && a.top_p <= 1.0;
+    let temperature_ok = a.temperature.is_finite() && a.temperature >= 0.0;
+    if !(top_p_ok && temperature_ok) {
         return Err("--top-p must be in (0, 1] and --temperature finite and ≥ 0".into());
     }
     let (_, model, tok) = common::load(a.model.as_deref(), false)?;
