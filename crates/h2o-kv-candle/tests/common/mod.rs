@@ -102,9 +102,14 @@ pub fn tiny_gguf(t: &Tiny) -> Vec<u8> {
 }
 
 /// Writes `bytes` to a fresh file in the target directory and returns its path.
+///
+/// Each call gets its own file (process id and a counter in the name), so tests
+/// running in parallel never read a file another test is rewriting.
 pub fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let p = dir.join(format!("{}-{name}", std::process::id()));
+    let p = dir.join(format!("{}-{n}-{name}", std::process::id()));
     std::fs::write(&p, bytes).unwrap();
     p
 }
