@@ -2,7 +2,7 @@
 //! tensors.
 
 use candle_core::{Device, Tensor, WithDType};
-use h2o_kv::{Accumulator, AnyPolicy, Element, EvictionPolicy, LayerCache};
+use h2o_kv::{Accumulator, AnyPolicy, Element, EvictionPolicy, LayerCache, SnapKv};
 
 use crate::error::{Error, Result};
 
@@ -142,6 +142,61 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
         let v = host_rows::<T>("value", value, &[seq, kv, d])?;
         let mut out = vec![T::default(); seq * h * d];
         self.layer.prefill(&q, &k, &v, &mut out)?;
+        output(&out, &[seq, h, d], query)
+    }
+
+    /// A prefill (shapes as [`prefill`](Self::prefill)) whose one eviction
+    /// at the end keeps, in each KV head, the prompt tokens SnapKV selects
+    /// (Li et al., NeurIPS 2024, arXiv:2404.14469, §4): the newest
+    /// `snap.window()` tokens (the observation window, at least the policy's
+    /// recent window) and the sinks, plus the tokens the last
+    /// `snap.window()` queries of the chunk attended to most, max-pooled
+    /// over `snap.kernel()` neighbours. Every kept token keeps its column-sum
+    /// score, so decoding then continues under the cache's own policy. A
+    /// cache that does not need to evict gets an ordinary prefill. See
+    /// [`LayerCache::prefill_snapkv`].
+    ///
+    /// Allocates O(seq · (len + seq)) scratch inside the cache for the call.
+    ///
+    /// # Example
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use h2o_kv::{H2O, LayerCache, SnapKv};
+    /// use h2o_kv_candle::TensorLayerCache;
+    ///
+    /// # fn main() -> Result<(), h2o_kv_candle::Error> {
+    /// // Keep 8 of a 40-token prompt: the 4-query observation window and the
+    /// // 4 tokens those queries attend to most; decode then runs H2O(4, 4).
+    /// let layer = LayerCache::<f32, _>::new(4, 2, 8, H2O::new(4, 4)?)?;
+    /// let mut cache = TensorLayerCache::new(layer);
+    /// let dev = Device::Cpu;
+    /// let q = Tensor::randn(0f32, 1.0, (40, 4, 8), &dev)?;
+    /// let k = Tensor::randn(0f32, 1.0, (40, 2, 8), &dev)?;
+    /// let v = Tensor::randn(0f32, 1.0, (40, 2, 8), &dev)?;
+    /// let out = cache.prefill_snapkv(&SnapKv::new(4, 7)?, &q, &k, &v)?;
+    /// assert_eq!((out.dims(), cache.layer().len()), (&[40usize, 4, 8][..], 8));
+    /// // The observation window (the 4 newest tokens) is always kept.
+    /// assert!(cache.layer().heads()[0].planner().resident_positions().ends_with(&[36, 37, 38, 39]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`prefill`](Self::prefill); nothing changes on an error.
+    pub fn prefill_snapkv(
+        &mut self,
+        snap: &SnapKv,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+    ) -> Result<Tensor> {
+        let (h, kv, d) = self.dims();
+        let seq = query.dims().first().copied().unwrap_or(0);
+        let q = host_rows::<T>("query", query, &[seq, h, d])?;
+        let k = host_rows::<T>("key", key, &[seq, kv, d])?;
+        let v = host_rows::<T>("value", value, &[seq, kv, d])?;
+        let mut out = vec![T::default(); seq * h * d];
+        self.layer.prefill_snapkv(snap, &q, &k, &v, &mut out)?;
         output(&out, &[seq, h, d], query)
     }
 

@@ -136,6 +136,14 @@ pub enum Error {
         /// Tokens it holds.
         len: usize,
     },
+    /// A batched decode step got a different number of tokens and caches.
+    #[error("{tokens} tokens for {caches} caches: a batched step takes one token per cache")]
+    BatchMismatch {
+        /// Tokens given.
+        tokens: usize,
+        /// Caches given.
+        caches: usize,
+    },
     /// An empty token list where at least one token is needed.
     #[error("no tokens given")]
     NoTokens,

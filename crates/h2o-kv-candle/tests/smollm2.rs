@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use h2o_kv::{AnyPolicy, H2O, KvCache, Recent};
+use h2o_kv::{AnyPolicy, H2O, KvCache, Recent, SnapKv};
 use h2o_kv_candle::llama::{self, Llama, LlamaCache, Tokenizer};
 
 /// Largest |Δ logit| allowed between the two implementations at any
@@ -229,18 +229,33 @@ fn a_shared_prefill_equals_separate_prefills() {
     };
     let ids = tok.encode(TEXT).unwrap();
     let prompt = &ids[..64];
-    let policies: Vec<AnyPolicy> =
-        vec![H2O::new(8, 8).unwrap().into(), Recent::new(16).unwrap().into()];
-    let mut shared: Vec<LlamaCache> =
-        policies.iter().map(|&p| LlamaCache::new(model.config(), p).unwrap()).collect();
+    let make = || -> Vec<LlamaCache> {
+        let c = model.config();
+        vec![
+            LlamaCache::new(c, H2O::new(8, 8).unwrap().into()).unwrap(),
+            LlamaCache::new(c, Recent::new(16).unwrap().into()).unwrap(),
+            LlamaCache::new(c, H2O::new(8, 8).unwrap().into())
+                .unwrap()
+                .with_snapkv(SnapKv::new(8, 7).unwrap()),
+        ]
+    };
+    let mut shared = make();
     let first = model.prefill_shared(&mut shared, prompt).unwrap();
-    for (&p, cache) in policies.iter().zip(&mut shared) {
-        let mut alone = LlamaCache::new(model.config(), p).unwrap();
+    let next = argmax(&first);
+    // The decode step after it, batched over the caches.
+    let batched = model.decode_shared(&mut shared, &[next; 3]).unwrap();
+    for (i, mut alone) in make().into_iter().enumerate() {
         let logits = model.forward(&mut alone, prompt).unwrap();
         assert_eq!(logits.to_vec1::<f32>().unwrap(), first.to_vec1::<f32>().unwrap());
-        let next = argmax(&logits);
-        let a = model.forward(&mut alone, &[next]).unwrap().to_vec1::<f32>().unwrap();
-        let b = model.forward(cache, &[next]).unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(a, b, "{p:?}: decoding after the shared prefill");
+        let a = model.forward(&mut alone, &[next]).unwrap();
+        let b = batched.get(i).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-3, "cache {i}: decoding after the shared prefill differs by {diff}");
+        for (x, y) in alone.layers().iter().zip(shared[i].layers()) {
+            let pos = |l: &h2o_kv_candle::TensorLayerCache| {
+                l.layer().heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
+            };
+            assert_eq!(pos(x), pos(y), "cache {i}: the same tokens stay");
+        }
     }
 }

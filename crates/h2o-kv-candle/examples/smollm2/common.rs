@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use h2o_kv::{AnyPolicy, Full, H2O, Heavy, Recent};
-use h2o_kv_candle::llama::{self, Llama, Tokenizer};
+use h2o_kv::{AnyPolicy, Full, H2O, LayerSchedule, PolicyKind, SnapKv};
+use h2o_kv_candle::llama::{self, Config, Llama, LlamaCache, Tokenizer};
 use h2o_kv_candle::locate::{SMOLLM2_FILE, SMOLLM2_HINT, find_model};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -21,27 +21,66 @@ pub fn load(model: Option<&Path>, f32: bool) -> Result<(PathBuf, Llama, Tokenize
     Ok((path, m, t))
 }
 
-/// The four policies of the crate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PolicyKind {
-    /// Keep every token.
-    Full,
-    /// Sliding window of the newest tokens.
-    Recent,
-    /// Heavy hitters (highest accumulated attention) + the newest token.
-    Heavy,
-    /// H2O: heavy hitters + a recent window.
-    H2o,
+/// What a grid compares: one of the core's policies (by its name, as
+/// `h2o_kv::PolicyKind` parses it), or SnapKV prefill selection followed by
+/// H2O decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A policy of the core, the same rule at prefill and decode.
+    Policy(PolicyKind),
+    /// SnapKV (Li et al. 2024, arXiv:2404.14469, §4): at the end of a prompt
+    /// prefill keep the 32-token observation window plus the prompt tokens
+    /// its queries attended to most (max-pooled, kernel 7); then decode under
+    /// H2O at the same budget, its recent window the observation window.
+    SnapKv,
 }
 
-impl PolicyKind {
+impl Method {
+    /// `full` (the baseline every grid starts with).
+    pub const FULL: Method = Method::Policy(PolicyKind::Full);
+
     pub fn name(self) -> &'static str {
         match self {
-            Self::Full => "full",
-            Self::Recent => "recent",
-            Self::Heavy => "heavy",
-            Self::H2o => "h2o",
+            Self::Policy(k) => k.name(),
+            Self::SnapKv => "snapkv",
         }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "snapkv" {
+            return Ok(Self::SnapKv);
+        }
+        s.parse::<PolicyKind>().map(Self::Policy).map_err(|e| format!("{e}, or snapkv"))
+    }
+}
+
+/// The names `--policies` takes, for `--help`: the core's, then `snapkv`.
+pub fn method_names() -> String {
+    let mut names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+    names.push("snapkv");
+    names.join(", ")
+}
+
+/// Help text of a policy argument: what it is, the names it takes, and what
+/// `snapkv` means.
+pub fn policy_help(what: &str) -> String {
+    format!(
+        "{what}: {}. snapkv = SnapKV selection at the end of the prompt prefill \
+         (observation window 32, max-pool kernel 7; arXiv:2404.14469 §4), then H2O decoding \
+         at the same budget with the observation window as its recent window",
+        method_names()
+    )
+}
+
+/// `--schedule`: how a total budget is shared across layers.
+pub fn parse_schedule(s: &str) -> std::result::Result<LayerSchedule, String> {
+    match s {
+        "uniform" => Ok(LayerSchedule::Uniform),
+        "pyramid" => Ok(LayerSchedule::pyramid()),
+        _ => Err(format!("schedule {s:?}: uniform or pyramid")),
     }
 }
 
@@ -85,61 +124,124 @@ impl Budget {
 /// One configuration of an eval grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spec {
-    pub kind: PolicyKind,
-    /// Budget in % of the reference length (100 for the full cache).
+    pub method: Method,
+    /// Budget per KV head in % of the reference length (100 for the full
+    /// cache); with a pyramid schedule, the average over layers.
     pub percent: f64,
-    /// H2O's heavy share; 0 otherwise.
+    /// The heavy share of H2O, mean score and H2O + sinks; 0 otherwise.
     pub heavy_fraction: f64,
+    /// How the model's total budget is shared across layers.
+    pub schedule: LayerSchedule,
 }
+
+/// The heavy share of mean score and H2O + sinks in the grids (H2O's own
+/// sweeps `--heavy-fractions`).
+pub const OTHER_HEAVY_FRACTION: f64 = 0.5;
 
 impl Spec {
     pub fn label(&self) -> String {
-        match self.kind {
-            PolicyKind::Full => "full".into(),
-            PolicyKind::H2o => format!("h2o {}% (heavy {})", self.percent, self.heavy_fraction),
-            k => format!("{} {}%", k.name(), self.percent),
+        let base = match self.method {
+            Method::FULL => return "full".into(),
+            Method::Policy(PolicyKind::H2O) => {
+                format!("h2o {}% (heavy {})", self.percent, self.heavy_fraction)
+            }
+            m => format!("{} {}%", m.name(), self.percent),
+        };
+        match self.schedule {
+            LayerSchedule::Uniform => base,
+            s => format!("{base} {}", s.name()),
         }
     }
 
-    /// The policy for a sequence of `len` tokens; a full cache holds `capacity`.
-    pub fn policy(&self, len: usize, capacity: usize) -> Result<AnyPolicy> {
-        make_policy(
-            self.kind,
-            Budget::Percent(self.percent).tokens(len),
-            self.heavy_fraction,
-            capacity,
-        )
+    /// Each layer's policy for a sequence of `len` tokens (a full cache
+    /// holds `capacity`), and the SnapKV rule for the prefill, if any.
+    pub fn policies(
+        &self,
+        len: usize,
+        capacity: usize,
+        n_layers: usize,
+    ) -> Result<(Vec<AnyPolicy>, Option<SnapKv>)> {
+        let budget = Budget::Percent(self.percent).tokens(len);
+        layer_policies(self.method, budget, self.heavy_fraction, self.schedule, capacity, n_layers)
+    }
+
+    /// The cache of one sequence under this spec.
+    pub fn cache(&self, config: &Config, len: usize, capacity: usize) -> Result<LlamaCache> {
+        let (policies, snap) = self.policies(len, capacity, config.n_layers)?;
+        let cache = LlamaCache::per_layer(config, &policies)?;
+        Ok(match snap {
+            Some(s) => cache.with_snapkv(s),
+            None => cache,
+        })
     }
 }
 
-/// A policy of `kind` keeping `budget` tokens per head (the full cache keeps `capacity`).
-pub fn make_policy(
-    kind: PolicyKind,
+/// Each layer's policy when the model keeps `budget` tokens per KV head on
+/// average (`capacity` for the full cache), shared across layers by
+/// `schedule`, and the SnapKV rule for prefills if `method` is SnapKV (each
+/// layer then decodes under H2O with the observation window as its recent
+/// window and the rest of its budget for heavy hitters).
+pub fn layer_policies(
+    method: Method,
     budget: usize,
     heavy_fraction: f64,
+    schedule: LayerSchedule,
     capacity: usize,
-) -> Result<AnyPolicy> {
-    Ok(match kind {
-        PolicyKind::Full => Full::new(capacity)?.into(),
-        PolicyKind::Recent => Recent::new(budget)?.into(),
-        PolicyKind::Heavy => Heavy::new(budget)?.into(),
-        PolicyKind::H2o => H2O::with_heavy_fraction(budget, heavy_fraction)?.into(),
-    })
+    n_layers: usize,
+) -> Result<(Vec<AnyPolicy>, Option<SnapKv>)> {
+    let snap = SnapKv::default();
+    // PyramidKV keeps the observation window outside the schedule.
+    let reserve = match method {
+        Method::SnapKv => snap.window().min(budget),
+        Method::Policy(_) => 0,
+    };
+    let mut budgets = vec![budget; n_layers];
+    if method != Method::FULL {
+        schedule.split(budget * n_layers, reserve, &mut budgets)?;
+    }
+    let policies = budgets
+        .iter()
+        .map(|&b| match method {
+            Method::FULL => Ok(Full::new(capacity)?.into()),
+            Method::Policy(kind) => Ok(kind.with_budget(b, heavy_fraction)?),
+            Method::SnapKv => {
+                let w = snap.window().min(b.saturating_sub(1)).max(1);
+                Ok(H2O::new(b.saturating_sub(w), w)?.into())
+            }
+        })
+        .collect::<Result<Vec<AnyPolicy>>>()?;
+    Ok((policies, (method == Method::SnapKv).then_some(snap)))
 }
 
-/// The grid: the full cache, then each policy at each budget (H2O at each heavy fraction).
-pub fn grid(kinds: &[PolicyKind], percents: &[f64], fractions: &[f64]) -> Vec<Spec> {
-    let mut specs = vec![Spec { kind: PolicyKind::Full, percent: 100.0, heavy_fraction: 0.0 }];
-    for &kind in kinds {
-        for &percent in percents {
-            match kind {
-                PolicyKind::Full => {}
-                PolicyKind::H2o => {
-                    for &heavy_fraction in fractions {
-                        specs.push(Spec { kind, percent, heavy_fraction });
+/// The grid: the full cache, then each method at each budget and schedule
+/// (H2O at each heavy fraction).
+pub fn grid(
+    methods: &[Method],
+    percents: &[f64],
+    fractions: &[f64],
+    schedules: &[LayerSchedule],
+) -> Vec<Spec> {
+    let full = Spec {
+        method: Method::FULL,
+        percent: 100.0,
+        heavy_fraction: 0.0,
+        schedule: LayerSchedule::Uniform,
+    };
+    let mut specs = vec![full];
+    for &schedule in schedules {
+        for &method in methods {
+            for &percent in percents {
+                let mut push = |heavy_fraction| {
+                    specs.push(Spec { method, percent, heavy_fraction, schedule });
+                };
+                match method {
+                    Method::FULL => {}
+                    Method::Policy(PolicyKind::H2O) => fractions.iter().for_each(|&f| push(f)),
+                    Method::Policy(PolicyKind::MeanScore | PolicyKind::H2OSinks) => {
+                        push(OTHER_HEAVY_FRACTION);
                     }
+                    _ => push(0.0),
                 }
-                _ => specs.push(Spec { kind, percent, heavy_fraction: 0.0 }),
             }
         }
     }

@@ -3,16 +3,24 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use h2o_kv::{EvictionPolicy, LayerSchedule, Trace};
 use h2o_kv_candle::Error;
 use h2o_kv_candle::llama::LlamaCache;
 
-use crate::common::{self, Budget, PolicyKind, Result, Rng};
+use crate::common::{self, Budget, Method, Result, Rng};
+use crate::eviction_map::EvictionMap;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The prompt.
     #[arg(default_value = "Once upon a time")]
     prompt: String,
+    /// Read the prompt from this file instead.
+    #[arg(long)]
+    prompt_file: Option<PathBuf>,
+    /// Keep only the first N tokens of the prompt (e.g. of a long file).
+    #[arg(long)]
+    prompt_tokens: Option<usize>,
     /// Wrap the prompt in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -31,15 +39,28 @@ pub struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Eviction policy, the same in every layer.
-    #[arg(long, value_enum, default_value_t = PolicyKind::Full)]
-    policy: PolicyKind,
+    #[arg(long, default_value = "full", help = common::policy_help("Eviction policy"))]
+    policy: Method,
+    /// How the total budget is shared across layers: uniform, or pyramid
+    /// (PyramidKV: linear decreasing from the first layer to the last).
+    #[arg(long, default_value = "uniform", value_parser = common::parse_schedule)]
+    schedule: LayerSchedule,
     /// Tokens kept per head: a number, or a percentage of prompt + steps (e.g. 20%).
     #[arg(long, default_value = "20%")]
     budget: Budget,
     /// H2O's heavy-hitter share of the budget.
     #[arg(long, default_value_t = 0.5)]
     heavy_fraction: f64,
+    /// Write an eviction map (SVG) of one KV head: which positions it holds
+    /// after the prompt prefill and after every generated token.
+    #[arg(long)]
+    eviction_map: Option<PathBuf>,
+    /// The map's layer (default: the middle layer).
+    #[arg(long)]
+    map_layer: Option<usize>,
+    /// The map's KV head.
+    #[arg(long, default_value_t = 0)]
+    map_head: usize,
     /// Print one more line `ids: ...` with the generated token ids.
     #[arg(long)]
     print_ids: bool,
@@ -88,21 +109,60 @@ pub fn run(a: &Args) -> Result<()> {
         return Err("--top-p must be in (0, 1] and --temperature finite and ≥ 0".into());
     }
     let (_, model, tok) = common::load(a.model.as_deref(), false)?;
-    let text = if a.chat { tok.chat_prompt(&a.prompt)? } else { a.prompt.clone() };
+    let raw = match &a.prompt_file {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => a.prompt.clone(),
+    };
+    let text = if a.chat { tok.chat_prompt(&raw)? } else { raw };
     let mut prompt = tok.encode(&text)?;
+    if let Some(n) = a.prompt_tokens {
+        prompt.truncate(n);
+    }
+    if prompt.is_empty() {
+        return Err("the prompt is empty".into());
+    }
     if a.bos {
         prompt.insert(0, tok.bos_id().ok_or("the GGUF names no BOS token")?);
     }
     let context = model.config().context_length;
     let budget = a.budget.tokens(prompt.len() + a.steps);
-    let policy = common::make_policy(a.policy, budget, a.heavy_fraction, context)?;
-    let mut cache = LlamaCache::new(model.config(), policy)?;
+    let (policies, snap) = common::layer_policies(
+        a.policy,
+        budget,
+        a.heavy_fraction,
+        a.schedule,
+        context,
+        model.config().n_layers,
+    )?;
+    let mut cache = LlamaCache::per_layer(model.config(), &policies)?;
+    if let Some(snap) = snap {
+        cache = cache.with_snapkv(snap);
+    }
 
     let mut out = std::io::stdout().lock();
     write!(out, "{}", tok.decode(&prompt)?)?;
     out.flush()?;
+    let n_layers = model.config().n_layers;
+    let map_layer = a.map_layer.unwrap_or(n_layers / 2);
+    if a.eviction_map.is_some()
+        && (map_layer >= n_layers || a.map_head >= model.config().n_kv_heads)
+    {
+        return Err(format!(
+            "--map-layer {map_layer} --map-head {}: the model has {n_layers} layers of {} KV heads",
+            a.map_head,
+            model.config().n_kv_heads
+        )
+        .into());
+    }
+    let mut trace = a.eviction_map.as_ref().map(|_| Trace::default());
+    let record = |trace: &mut Option<Trace>, cache: &LlamaCache| {
+        if let Some(t) = trace {
+            t.record(a.map_head, cache.layers()[map_layer].layer().heads()[a.map_head].planner());
+        }
+    };
     let mut rng = Rng::new(a.seed);
     let mut logits = model.forward(&mut cache, &prompt)?.to_vec1::<f32>()?;
+    record(&mut trace, &cache);
     let mut generated = Vec::new();
     let mut shown = String::new();
     for _ in 0..a.steps {
@@ -119,7 +179,10 @@ pub fn run(a: &Args) -> Result<()> {
             shown = text;
         }
         match model.forward(&mut cache, &[next]) {
-            Ok(l) => logits = l.to_vec1::<f32>()?,
+            Ok(l) => {
+                logits = l.to_vec1::<f32>()?;
+                record(&mut trace, &cache);
+            }
             Err(Error::ContextExceeded { capacity, .. }) => {
                 eprintln!(
                     "\nstopped: the full cache holds {capacity} tokens (the model's context); \
@@ -138,6 +201,22 @@ pub fn run(a: &Args) -> Result<()> {
     if a.print_ids {
         let ids: Vec<String> = generated.iter().map(u32::to_string).collect();
         writeln!(out, "ids: {}", ids.join(" "))?;
+    }
+    if let (Some(path), Some(trace)) = (&a.eviction_map, &trace) {
+        let policy = policies[map_layer];
+        let map = EvictionMap::from_trace(trace.steps(), policy.recent_window(), policy.sinks());
+        let title = format!(
+            "SmolLM2-135M, {} keeping {} tokens: layer {map_layer}, KV head {}",
+            a.policy.name(),
+            policy.budget(),
+            a.map_head
+        );
+        map.render_svg(path, &title)?;
+        let (resident, heavy, evicted) = map.counts();
+        eprintln!(
+            "eviction map: {} ({resident} resident, {heavy} of them heavy hitters, {evicted} evicted)",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 mod bench;
 mod common;
+mod eviction_map;
 mod generate;
 mod passkey;
 mod plot;

@@ -18,7 +18,9 @@ use std::time::Instant;
 
 use h2o_kv_candle::llama::{Llama, LlamaCache, Tokenizer};
 
-use crate::common::{self, PolicyKind, Result, Rng, Spec};
+use h2o_kv::LayerSchedule;
+
+use crate::common::{self, Method, Result, Rng, Spec};
 use crate::plot;
 
 #[derive(Debug, clap::Args)]
@@ -32,15 +34,24 @@ pub struct Args {
     /// Keys (prompts) per length × depth.
     #[arg(long, default_value_t = 10)]
     keys: usize,
-    /// Bounded policies to compare with the full cache.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "recent,h2o")]
-    policies: Vec<PolicyKind>,
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "recent,sinks,h2o,h2o+sinks,tova,mean,snapkv",
+        help = common::policy_help("Bounded policies to compare with the full cache")
+    )]
+    policies: Vec<Method>,
     /// Budgets in % of the prompt.
     #[arg(long, value_delimiter = ',', default_value = "10,20,50")]
     budgets: Vec<f64>,
-    /// H2O heavy-hitter shares.
+    /// H2O heavy-hitter shares (mean and h2o+sinks split at 0.5).
     #[arg(long, value_delimiter = ',', default_value = "0.5")]
     heavy_fractions: Vec<f64>,
+    /// Budget schedules across layers: uniform, pyramid (PyramidKV,
+    /// arXiv:2406.02069: linear decreasing from the first layer to the last,
+    /// the same total), or both.
+    #[arg(long, value_delimiter = ',', default_value = "uniform", value_parser = common::parse_schedule)]
+    schedule: Vec<LayerSchedule>,
     /// Seed of the keys.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -172,7 +183,8 @@ fn file_cases(path: &std::path::Path) -> Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Greedy continuation (up to 8 tokens) for every cache after a shared prefill.
+/// Greedy continuation (up to 8 tokens) for every cache after a shared
+/// prefill; the decode steps of all caches are batched (`decode_shared`).
 fn answer(
     model: &Llama,
     tok: &Tokenizer,
@@ -180,14 +192,18 @@ fn answer(
     ids: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     let first = common::argmax(&model.prefill_shared(caches, ids)?.to_vec1::<f32>()?) as u32;
-    let mut outs = Vec::with_capacity(caches.len());
-    for cache in caches.iter_mut() {
-        let mut out = vec![first];
-        while out.len() < 8 && Some(*out.last().unwrap()) != tok.eos_id() {
-            let logits = model.forward(cache, &[*out.last().unwrap()])?.to_vec1::<f32>()?;
-            out.push(common::argmax(&logits) as u32);
+    let eos = tok.eos_id();
+    let mut outs = vec![vec![first]; caches.len()];
+    let done = |o: &Vec<u32>| o.len() >= 8 || o.last().copied() == eos;
+    while !outs.iter().all(done) {
+        // A finished cache is fed its last token again and its row ignored.
+        let last: Vec<u32> = outs.iter().map(|o| *o.last().expect("starts with one")).collect();
+        let logits = model.decode_shared(caches, &last)?.to_vec2::<f32>()?;
+        for (o, row) in outs.iter_mut().zip(&logits) {
+            if !done(o) {
+                o.push(common::argmax(row) as u32);
+            }
         }
-        outs.push(out);
     }
     Ok(outs)
 }
@@ -198,7 +214,7 @@ pub fn run(a: &Args) -> Result<()> {
         Some(p) => file_cases(p)?,
         None => grid_cases(&tok, a)?,
     };
-    let specs = common::grid(&a.policies, &a.budgets, &a.heavy_fractions);
+    let specs = common::grid(&a.policies, &a.budgets, &a.heavy_fractions, &a.schedule);
     let mut out = match &a.out {
         Some(p) => Some(std::fs::File::create(p)?),
         None => None,
@@ -224,7 +240,7 @@ pub fn run(a: &Args) -> Result<()> {
         }
         let mut caches = specs
             .iter()
-            .map(|s| Ok(LlamaCache::new(model.config(), s.policy(ids.len(), capacity)?)?))
+            .map(|s| s.cache(model.config(), ids.len(), capacity))
             .collect::<Result<Vec<_>>>()?;
         let answers = answer(&model, &tok, &mut caches, &ids)?;
         let mut results = Vec::new();
@@ -232,7 +248,8 @@ pub fn run(a: &Args) -> Result<()> {
             let text = tok.decode(ans)?;
             let correct = text.contains(&case.key);
             results.push(serde_json::json!({
-                "policy": spec.kind.name(), "budget_percent": spec.percent,
+                "policy": spec.method.name(), "budget_percent": spec.percent,
+                "schedule": spec.schedule.name(),
                 "heavy_fraction": spec.heavy_fraction, "label": spec.label(),
                 "ids": ans, "text": text, "correct": correct, "kv_bytes": cache.kv_bytes(),
             }));
@@ -271,18 +288,22 @@ pub fn run(a: &Args) -> Result<()> {
     print_table(&cells, &specs);
     if let Some(p) = &a.csv {
         let mut f = std::fs::File::create(p)?;
-        writeln!(f, "policy,budget_percent,heavy_fraction,length,depth_percent,correct,total")?;
+        writeln!(
+            f,
+            "policy,budget_percent,heavy_fraction,length,depth_percent,correct,total,schedule"
+        )?;
         for c in &cells {
             writeln!(
                 f,
-                "{},{},{},{},{},{},{}",
-                c.spec.kind.name(),
+                "{},{},{},{},{},{},{},{}",
+                c.spec.method.name(),
                 c.spec.percent,
                 c.spec.heavy_fraction,
                 c.length,
                 c.depth,
                 c.correct,
-                c.total
+                c.total,
+                c.spec.schedule.name()
             )?;
         }
     }

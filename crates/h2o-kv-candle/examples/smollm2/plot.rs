@@ -5,7 +5,9 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::common::{PolicyKind, Result, Spec};
+use h2o_kv::{LayerSchedule, PolicyKind};
+
+use crate::common::{Method, Result, Spec};
 use crate::passkey::Cell;
 use crate::ppl::Row;
 
@@ -13,13 +15,18 @@ fn err(e: impl std::fmt::Display) -> Box<dyn std::error::Error> {
     e.to_string().into()
 }
 
-const COLORS: [RGBColor; 6] = [
+/// Ten distinguishable line colours (the "tab10" palette).
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
     RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
 ];
 
 /// One line per (policy, heavy fraction): perplexity / full against budget;
@@ -56,13 +63,16 @@ fn ppl_panel(
     window: usize,
 ) -> Result<()> {
     let full =
-        rows.iter().find(|r| r.spec.kind == PolicyKind::Full).ok_or("no full-cache row")?.ppl();
+        rows.iter().find(|r| r.spec.method == Method::FULL).ok_or("no full-cache row")?.ppl();
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for r in rows.iter().filter(|r| r.spec.kind != PolicyKind::Full) {
-        let label = match r.spec.kind {
-            PolicyKind::H2o => format!("h2o, heavy {}", r.spec.heavy_fraction),
-            k => k.name().to_string(),
+    for r in rows.iter().filter(|r| r.spec.method != Method::FULL) {
+        let mut label = match r.spec.method {
+            Method::Policy(PolicyKind::H2O) => format!("h2o, heavy {}", r.spec.heavy_fraction),
+            m => m.name().to_string(),
         };
+        if r.spec.schedule != LayerSchedule::Uniform {
+            label = format!("{label}, {}", r.spec.schedule.name());
+        }
         let y = r.ppl() / full;
         match lines.iter_mut().find(|l| l.0 == label) {
             Some(l) => l.1.push((r.spec.percent, y)),

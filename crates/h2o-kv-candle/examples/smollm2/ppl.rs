@@ -13,7 +13,9 @@ use std::time::Instant;
 use h2o_kv_candle::llama::{Llama, LlamaCache};
 use h2o_kv_candle::locate::find_data;
 
-use crate::common::{self, PolicyKind, Result, Spec};
+use h2o_kv::LayerSchedule;
+
+use crate::common::{self, Method, Result, Spec};
 use crate::plot;
 
 #[derive(Debug, clap::Args)]
@@ -27,15 +29,27 @@ pub struct Args {
     /// Texts: `wikitext` (WikiText-2 test), `alice` (Alice in Wonderland), or a path.
     #[arg(long, value_delimiter = ',', default_value = "wikitext,alice")]
     texts: Vec<String>,
-    /// Bounded policies to compare with the full cache.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "recent,heavy,h2o")]
-    policies: Vec<PolicyKind>,
+    /// Bounded policies to compare with the full cache (every policy of
+    /// h2o-kv; snapkv compresses a prompt prefill, which teacher-forced
+    /// perplexity does not have, so it belongs to `passkey`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "recent,heavy,sinks,h2o,h2o+sinks,tova,mean",
+        help = common::policy_help("Bounded policies to compare with the full cache (not snapkv: perplexity here is teacher-forced decoding from an empty cache, with no prompt prefill to compress)")
+    )]
+    policies: Vec<Method>,
     /// Budgets in % of the window.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20,40")]
     budgets: Vec<f64>,
-    /// H2O heavy-hitter shares.
+    /// H2O heavy-hitter shares (mean and h2o+sinks split at 0.5).
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.25,0.5")]
     heavy_fractions: Vec<f64>,
+    /// Budget schedules across layers: uniform, pyramid (PyramidKV,
+    /// arXiv:2406.02069: linear decreasing from the first layer to the last,
+    /// the same total), or both.
+    #[arg(long, value_delimiter = ',', default_value = "uniform", value_parser = common::parse_schedule)]
+    schedule: Vec<LayerSchedule>,
     /// Write the rows as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -98,8 +112,8 @@ fn score(
     full: &[Vec<f32>],
     row: &mut Row,
 ) -> Result<()> {
-    let mut cache = LlamaCache::new(model.config(), spec.policy(window.len(), window.len())?)?;
-    let logits = if spec.kind == PolicyKind::Full {
+    let mut cache = spec.cache(model.config(), window.len(), window.len())?;
+    let logits = if spec.method == Method::FULL {
         model.forward_all(&mut cache, window)?
     } else {
         model.teacher_forced(&mut cache, window)?
@@ -142,7 +156,12 @@ pub fn run(a: &Args) -> Result<()> {
         )
         .into());
     }
-    let specs = common::grid(&a.policies, &a.budgets, &a.heavy_fractions);
+    if a.policies.contains(&Method::SnapKv) {
+        return Err("ppl: snapkv compresses a prompt prefill; teacher-forced perplexity decodes \
+                    from an empty cache and has none (use passkey)"
+            .into());
+    }
+    let specs = common::grid(&a.policies, &a.budgets, &a.heavy_fractions, &a.schedule);
     let mut rows = Vec::new();
     let started = Instant::now();
     for name in &a.texts {
@@ -185,7 +204,15 @@ pub fn run(a: &Args) -> Result<()> {
                 log_probs(&model.forward_all(&mut cache, window)?.narrow(0, 0, a.window - 1)?)?;
             for (spec, row) in specs.iter().zip(&mut text_rows) {
                 pb.set_message(format!("{name} {}", spec.label()));
+                let t = Instant::now();
                 score(&model, spec, window, &full, row)?;
+                if pb.is_hidden() {
+                    eprintln!(
+                        "{name} @{s}: {} in {:.1} s",
+                        spec.label(),
+                        t.elapsed().as_secs_f64()
+                    );
+                }
                 pb.inc(1);
             }
         }
@@ -204,9 +231,7 @@ pub fn run(a: &Args) -> Result<()> {
 }
 
 fn full_ppl(rows: &[Row], text: &str) -> f64 {
-    rows.iter()
-        .find(|r| r.text == text && r.spec.kind == PolicyKind::Full)
-        .map_or(f64::NAN, Row::ppl)
+    rows.iter().find(|r| r.text == text && r.spec.method == Method::FULL).map_or(f64::NAN, Row::ppl)
 }
 
 fn print_table(rows: &[Row], window: usize) {
@@ -220,7 +245,7 @@ fn print_table(rows: &[Row], window: usize) {
             "| {} | {} | {} | {:.3} | {:.3} | {:.1}% | {:.4} | {:.1} MiB |",
             r.text,
             r.spec.label(),
-            if r.spec.kind == PolicyKind::Full { window } else { budget },
+            if r.spec.method == Method::FULL { window } else { budget },
             r.ppl(),
             r.ppl() / full_ppl(rows, &r.text),
             100.0 * r.agree as f64 / r.tokens as f64,
@@ -234,14 +259,14 @@ fn write_csv(rows: &[Row], path: &std::path::Path, window: usize) -> Result<()> 
     let mut f = std::fs::File::create(path)?;
     writeln!(
         f,
-        "text,policy,budget_percent,budget_tokens,heavy_fraction,window,windows,tokens,perplexity,ppl_over_full,top1_agreement,kl_to_full,kv_bytes"
+        "text,policy,budget_percent,budget_tokens,heavy_fraction,window,windows,tokens,perplexity,ppl_over_full,top1_agreement,kl_to_full,kv_bytes,schedule"
     )?;
     for r in rows {
         writeln!(
             f,
-            "{},{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.6},{}",
+            "{},{},{},{},{},{},{},{},{:.5},{:.5},{:.5},{:.6},{},{}",
             r.text,
-            r.spec.kind.name(),
+            r.spec.method.name(),
             r.spec.percent,
             crate::common::Budget::Percent(r.spec.percent).tokens(window),
             r.spec.heavy_fraction,
@@ -253,6 +278,7 @@ fn write_csv(rows: &[Row], path: &std::path::Path, window: usize) -> Result<()> 
             r.agree as f64 / r.tokens as f64,
             r.kl / r.tokens as f64,
             r.kv_bytes / r.windows.max(1) as u64,
+            r.spec.schedule.name(),
         )?;
     }
     Ok(())

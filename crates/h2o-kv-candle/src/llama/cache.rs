@@ -1,6 +1,6 @@
 //! [`LlamaCache`]: one sequence's KV caches, one per layer.
 
-use h2o_kv::{AnyPolicy, EvictionPolicy, Full, LayerCache};
+use h2o_kv::{AnyPolicy, EvictionPolicy, Full, LayerCache, SnapKv};
 
 use super::config::Config;
 use crate::adapter::TensorLayerCache;
@@ -38,6 +38,9 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct LlamaCache {
     layers: Vec<TensorLayerCache<f32, AnyPolicy>>,
+    /// How a multi-token prefill chooses what stays: `None` by the policy
+    /// (column-sum scores), `Some` by SnapKV.
+    snapkv: Option<SnapKv>,
 }
 
 impl LlamaCache {
@@ -74,7 +77,46 @@ impl LlamaCache {
                 Ok(TensorLayerCache::new(layer))
             })
             .collect::<Result<_>>()?;
-        Ok(Self { layers })
+        Ok(Self { layers, snapkv: None })
+    }
+
+    /// The same cache, whose prompt prefills select the tokens to keep with
+    /// SnapKV (Li et al., NeurIPS 2024, arXiv:2404.14469, §4) instead of the
+    /// policy's order: the observation window (the last `snap.window()`
+    /// prompt tokens, at least the policy's recent window) and the sinks,
+    /// plus the prompt tokens those last queries attended to most, max-pooled
+    /// over `snap.kernel()` neighbours (see
+    /// [`TensorLayerCache::prefill_snapkv`]). Decode steps run under each
+    /// layer's policy as before. The paper's setting is an H2O policy whose
+    /// recent window is the observation window (`H2O::new(budget − 32, 32)`
+    /// with `SnapKv::default()`).
+    ///
+    /// # Example
+    /// ```
+    /// use h2o_kv::{H2O, SnapKv};
+    /// use h2o_kv_candle::llama::{Config, LlamaCache, RopeLayout};
+    ///
+    /// # fn main() -> Result<(), h2o_kv_candle::Error> {
+    /// let config = Config {
+    ///     n_layers: 2, dim: 16, ffn_dim: 32, n_heads: 4, n_kv_heads: 2, head_dim: 4,
+    ///     rope_theta: 10_000.0, rope_layout: RopeLayout::Interleaved, rms_eps: 1e-5,
+    ///     context_length: 64, vocab_size: 10,
+    /// };
+    /// let cache = LlamaCache::new(&config, H2O::new(96, 32)?.into())?.with_snapkv(SnapKv::default());
+    /// assert_eq!(cache.snapkv().map(|s| (s.window(), s.kernel())), Some((32, 7)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_snapkv(self, snap: SnapKv) -> Self {
+        Self { snapkv: Some(snap), ..self }
+    }
+
+    /// The SnapKV rule prompt prefills use, if any (see
+    /// [`with_snapkv`](Self::with_snapkv)).
+    #[must_use]
+    pub fn snapkv(&self) -> Option<&SnapKv> {
+        self.snapkv.as_ref()
     }
 
     /// The layers' caches, in layer order.

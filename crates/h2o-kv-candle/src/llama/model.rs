@@ -220,7 +220,9 @@ impl Llama {
     }
 
     /// Feeds `tokens` (a prompt as one prefill, or one token as a decode
-    /// step) and returns the logits `[vocab]` after the last one.
+    /// step) and returns the logits `[vocab]` after the last one. A prefill
+    /// evicts once at its end, by the policy's order or, for a cache made
+    /// [`with_snapkv`](LlamaCache::with_snapkv), by SnapKV's selection.
     ///
     /// # Errors
     /// [`Error::NoTokens`], [`Error::TokenOutOfRange`],
@@ -265,7 +267,8 @@ impl Llama {
     /// A prefill attends causally over the whole prompt and evicts only at
     /// its end, so its activations do not depend on the policy: the matrix
     /// products run once, and each extra cache costs only its attention and
-    /// eviction.
+    /// eviction. Each cache evicts as it would alone: by its policy, or by
+    /// SnapKV for a cache made [`with_snapkv`](LlamaCache::with_snapkv).
     ///
     /// # Errors
     /// [`Error::NotEmpty`] unless every cache is empty; [`Error::LayerCount`]
@@ -280,6 +283,68 @@ impl Llama {
         let h = self.run(caches, tokens, Attention::Prefill)?;
         let last = h.narrow(0, tokens.len() - 1, 1)?;
         Ok(self.output.forward(&last)?.squeeze(0)?)
+    }
+
+    /// One decode step for several caches at once, each with its own token
+    /// (`tokens[i]` goes to `caches[i]`, at that cache's next position), e.g.
+    /// one cache per policy after [`prefill_shared`](Self::prefill_shared).
+    /// Returns the logits `[caches, vocab]`, row `i` for `caches[i]`.
+    ///
+    /// The matrix products run once over all rows, so the weights are read
+    /// once for the whole batch instead of once per cache (a single-token step
+    /// is bound by reading them); each cache then attends with its own row.
+    /// Row `i` equals `forward(&mut caches[i], &[tokens[i]])` up to the
+    /// rounding of the batched products.
+    ///
+    /// # Errors
+    /// [`Error::NoTokens`]; [`Error::BatchMismatch`] unless there is one token
+    /// per cache; [`Error::TokenOutOfRange`], [`Error::LayerCount`],
+    /// [`Error::ContextExceeded`], checked for every cache before any
+    /// changes; then candle or cache errors.
+    pub fn decode_shared(&self, caches: &mut [LlamaCache], tokens: &[u32]) -> Result<Tensor> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(Error::NoTokens);
+        }
+        if tokens.len() != caches.len() {
+            return Err(Error::BatchMismatch { tokens: tokens.len(), caches: caches.len() });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab: c.vocab_size });
+        }
+        for cache in caches.iter() {
+            if cache.layers().len() != c.n_layers {
+                return Err(Error::LayerCount { got: cache.layers().len(), layers: c.n_layers });
+            }
+            cache.check_room(1)?;
+        }
+        let n = tokens.len();
+        let positions: Vec<u64> = caches.iter().map(LlamaCache::next_position).collect();
+        let ids = Tensor::new(tokens, self.embedding.device())?;
+        let mut x = self.embedding.index_select(&ids, 0)?; // [n, dim]
+        let eps = c.rms_eps as f32;
+        let mut rows = Vec::with_capacity(n);
+        for (l, b) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
+            let q = b.wq.forward(&h)?.reshape((n, c.n_heads, c.head_dim))?;
+            let k = b.wk.forward(&h)?.reshape((n, c.n_kv_heads, c.head_dim))?;
+            let v = b.wv.forward(&h)?.reshape((n, c.n_kv_heads, c.head_dim))?;
+            let q = self.rope.apply_at(&q, &positions)?;
+            let k = self.rope.apply_at(&k, &positions)?;
+            rows.clear();
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let layer = &mut cache.layers_mut()[l];
+                rows.push(layer.step(&q.get(i)?, &k.get(i)?, &v.get(i)?)?);
+            }
+            let attn = Tensor::stack(&rows, 0)?.reshape((n, c.dim))?;
+            x = (x + b.wo.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+            let gate = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
+            let mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        Ok(self.output.forward(&x)?)
     }
 
     /// The final normalised hidden states `[seq, dim]`; `caches[0]`'s
@@ -313,20 +378,31 @@ impl Llama {
             let q = self.rope.apply(&q, start)?;
             let k = self.rope.apply(&k, start)?;
             let (first, rest) = caches.split_first_mut().expect("checked non-empty");
+            let snap = first.snapkv().copied();
             let layer = &mut first.layers_mut()[l];
             let attn = match (mode, seq) {
                 (Attention::Prefill | Attention::Steps, 1) => {
                     layer.step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?.unsqueeze(0)?
                 }
-                (Attention::Prefill, _) => layer.prefill(&q, &k, &v)?,
+                (Attention::Prefill, _) => match snap {
+                    Some(snap) => layer.prefill_snapkv(&snap, &q, &k, &v)?,
+                    None => layer.prefill(&q, &k, &v)?,
+                },
                 (Attention::Steps, _) => layer.step_sequence(&q, &k, &v)?,
             };
             for other in rest.iter_mut() {
+                let snap = other.snapkv().copied();
                 let layer = &mut other.layers_mut()[l];
-                if seq == 1 {
-                    layer.step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?;
-                } else {
-                    layer.prefill(&q, &k, &v)?;
+                match (seq, snap) {
+                    (1, _) => {
+                        layer.step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?;
+                    }
+                    (_, Some(snap)) => {
+                        layer.prefill_snapkv(&snap, &q, &k, &v)?;
+                    }
+                    (_, None) => {
+                        layer.prefill(&q, &k, &v)?;
+                    }
                 }
             }
             let attn = attn.reshape((seq, c.dim))?;

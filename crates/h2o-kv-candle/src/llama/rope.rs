@@ -26,14 +26,13 @@ impl Rope {
         Self { inv_freq, layout }
     }
 
-    /// `cos` and `sin` tables `[seq, head_dim / 2]` for positions
-    /// `start .. start + seq`.
-    fn tables(&self, start: u64, seq: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        let half = self.inv_freq.len();
+    /// `cos` and `sin` tables `[positions.len(), head_dim / 2]`.
+    fn tables(&self, positions: &[u64], device: &Device) -> Result<(Tensor, Tensor)> {
+        let (seq, half) = (positions.len(), self.inv_freq.len());
         let mut cos = Vec::with_capacity(seq * half);
         let mut sin = Vec::with_capacity(seq * half);
-        for t in 0..seq as u64 {
-            let p = (start + t) as f32;
+        for &p in positions {
+            let p = p as f32;
             for &f in &self.inv_freq {
                 let a = p * f;
                 cos.push(a.cos());
@@ -49,8 +48,14 @@ impl Rope {
     /// Rotates `x` `[seq, heads, head_dim]` (row `t` at position `start + t`).
     pub(crate) fn apply(&self, x: &Tensor, start: u64) -> Result<Tensor> {
         let (seq, _, _) = x.dims3()?;
-        let (cos, sin) = self.tables(start, seq, x.device())?;
-        let x = x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?; // [1, heads, seq, d]
+        let positions: Vec<u64> = (start..start + seq as u64).collect();
+        self.apply_at(x, &positions)
+    }
+
+    /// Rotates `x` `[rows, heads, head_dim]`, row `t` at `positions[t]`.
+    pub(crate) fn apply_at(&self, x: &Tensor, positions: &[u64]) -> Result<Tensor> {
+        let (cos, sin) = self.tables(positions, x.device())?;
+        let x = x.transpose(0, 1)?.unsqueeze(0)?.contiguous()?; // [1, heads, rows, d]
         let y = match self.layout {
             RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
             RopeLayout::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
