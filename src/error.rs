@@ -170,6 +170,13 @@ pub enum Error {
         /// Tokens each part needs at least.
         needed: usize,
     },
+    /// A `prefill_from` whose source or target does not qualify (see
+    /// [`Planner::prefill_from`](crate::Planner::prefill_from)).
+    #[error("cannot derive a prefill from this source: {reason}")]
+    PrefillSource {
+        /// Which condition failed.
+        reason: &'static str,
+    },
 }
 
 /// Why [`Cache::from_snapshot`](crate::Cache::from_snapshot) or

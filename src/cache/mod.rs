@@ -11,6 +11,7 @@
 //! - `decode.rs`: the phases of a decode step and the three step orders;
 //! - `attention.rs`: the masking + overflow check + softmax every path uses;
 //! - `prefill.rs`: a chunk of tokens in one causal attention, one eviction;
+//! - `derive.rs`: a prefill derived from another cache's (one attention, many policies);
 //! - `rows.rs`: the key/value rows;
 //! - `aliases.rs`: `FullCache`, `RecentOnly`, `HeavyOnly`, `H2OCache` and
 //!   their constructors.
@@ -30,6 +31,7 @@ use crate::policy::EvictionPolicy;
 mod aliases;
 mod attention;
 pub(crate) mod decode;
+mod derive;
 mod prefill;
 mod rows;
 mod snapkv;
