@@ -200,6 +200,49 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
         output(&out, &[seq, h, d], query)
     }
 
+    /// What [`prefill`](Self::prefill) of the prompt `source` holds would
+    /// leave in this empty cache, without running the attention again:
+    /// `source` (typically a full cache) took the prompt and never evicted,
+    /// so its scores are the prompt's column sums, and this cache keeps, by
+    /// its own policy, the rows of the tokens it would have kept (see
+    /// [`LayerCache::prefill_from`]). O(prompt · head_dim) per KV head
+    /// instead of the prefill's O(prompt² · head_dim) attention; the
+    /// prefill's outputs are `source`'s.
+    ///
+    /// # Example
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use h2o_kv::{Full, H2O, LayerCache};
+    /// use h2o_kv_candle::TensorLayerCache;
+    ///
+    /// # fn main() -> Result<(), h2o_kv_candle::Error> {
+    /// let dev = Device::Cpu;
+    /// let q = Tensor::randn(0f32, 1.0, (30, 4, 8), &dev)?;
+    /// let k = Tensor::randn(0f32, 1.0, (30, 2, 8), &dev)?;
+    /// let mut full = TensorLayerCache::new(LayerCache::<f32, _>::new(4, 2, 8, Full::new(64)?)?);
+    /// full.prefill(&q, &k, &k)?; // the one O(P²) attention
+    /// let mut h2o = TensorLayerCache::new(LayerCache::<f32, _>::new(4, 2, 8, H2O::new(4, 4)?)?);
+    /// h2o.prefill_from(&full)?;
+    /// let mut direct = TensorLayerCache::new(LayerCache::<f32, _>::new(4, 2, 8, H2O::new(4, 4)?)?);
+    /// direct.prefill(&q, &k, &k)?;
+    /// let positions = |c: &TensorLayerCache<f32, H2O>| {
+    ///     c.layer().heads().iter().map(|h| h.planner().resident_positions()).collect::<Vec<_>>()
+    /// };
+    /// assert_eq!(positions(&h2o), positions(&direct));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`LayerCache::prefill_from`] (this cache is not empty, `source`
+    /// evicted or has other head counts); nothing changes on an error.
+    pub fn prefill_from<Q: EvictionPolicy>(
+        &mut self,
+        source: &TensorLayerCache<T, Q>,
+    ) -> Result<()> {
+        Ok(self.layer.prefill_from(&source.layer)?)
+    }
+
     /// `seq` decode steps in a row, one per token of the chunk (same shapes as
     /// [`prefill`](Self::prefill)): token `i` is inserted, attends and the
     /// cache evicts before token `i + 1` comes. This is exactly what decoding

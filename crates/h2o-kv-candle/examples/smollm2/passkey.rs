@@ -8,9 +8,12 @@
 //! is correct when the key appears in them.
 //!
 //! A prefill evicts only at its end, so its activations are the same for every
-//! policy: each prompt runs its matrix products once, shared by all caches
-//! (`Llama::prefill_shared`), and the first generated token is the same for
-//! every policy.
+//! policy: each prompt runs its matrix products and its attention once
+//! (`Llama::prefill_shared`: the full cache prefills, every other cache
+//! derives its prefill from it; SnapKV caches run their own attention, which
+//! they need), and the first generated token is the same for every policy.
+//! The up to 7 decode steps after it run batched over all caches
+//! (`Llama::decode_shared`).
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;

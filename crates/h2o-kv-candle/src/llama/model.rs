@@ -6,9 +6,12 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use h2o_kv::{AnyPolicy, EvictionPolicy, Full, LayerCache};
+
 use super::cache::LlamaCache;
 use super::config::Config;
 use super::rope::Rope;
+use crate::adapter::TensorLayerCache;
 use crate::error::{Error, Result};
 
 /// Weight types [`Llama`] multiplies with (through candle's `QMatMul`).
@@ -80,6 +83,10 @@ enum Attention {
     Prefill,
     /// One decode step per token (teacher forcing).
     Steps,
+    /// One prefill attention per layer for all caches: a non-evicting cache
+    /// (or a temporary full one) prefills, the others derive from it
+    /// (SnapKV caches prefill themselves: they need the prompt's queries).
+    Shared,
 }
 
 fn read_tensor<R: Read + Seek>(
@@ -266,9 +273,14 @@ impl Llama {
     ///
     /// A prefill attends causally over the whole prompt and evicts only at
     /// its end, so its activations do not depend on the policy: the matrix
-    /// products run once, and each extra cache costs only its attention and
-    /// eviction. Each cache evicts as it would alone: by its policy, or by
-    /// SnapKV for a cache made [`with_snapkv`](LlamaCache::with_snapkv).
+    /// products run once. So does the attention: per layer, the first cache
+    /// that does not evict (a full cache), or a temporary full layer if there
+    /// is none, runs the prefill, and every other cache derives its prefill
+    /// from it ([`TensorLayerCache::prefill_from`](crate::TensorLayerCache::prefill_from):
+    /// the rows its policy keeps, scored by the column sums). Only a cache
+    /// made [`with_snapkv`](LlamaCache::with_snapkv) runs its own attention,
+    /// since SnapKV needs the last prompt queries' weights. Each cache ends
+    /// as it would alone (the scores up to the order of their f64 sums).
     ///
     /// # Errors
     /// [`Error::NotEmpty`] unless every cache is empty; [`Error::LayerCount`]
@@ -280,7 +292,7 @@ impl Llama {
                 return Err(Error::NotEmpty { index, len: c.resident_tokens() });
             }
         }
-        let h = self.run(caches, tokens, Attention::Prefill)?;
+        let h = self.run(caches, tokens, Attention::Shared)?;
         let last = h.narrow(0, tokens.len() - 1, 1)?;
         Ok(self.output.forward(&last)?.squeeze(0)?)
     }
@@ -377,14 +389,23 @@ impl Llama {
             let v = b.wv.forward(&h)?.reshape((seq, c.n_kv_heads, c.head_dim))?;
             let q = self.rope.apply(&q, start)?;
             let k = self.rope.apply(&k, start)?;
+            if mode == Attention::Shared && seq > 1 {
+                let attn = shared_prefill(caches, l, &q, &k, &v)?.reshape((seq, c.dim))?;
+                x = (x + b.wo.forward(&attn)?)?;
+                let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+                let gate = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
+                let mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
+                x = (x + mlp)?;
+                continue;
+            }
             let (first, rest) = caches.split_first_mut().expect("checked non-empty");
             let snap = first.snapkv().copied();
             let layer = &mut first.layers_mut()[l];
             let attn = match (mode, seq) {
-                (Attention::Prefill | Attention::Steps, 1) => {
+                (Attention::Prefill | Attention::Steps | Attention::Shared, 1) => {
                     layer.step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?.unsqueeze(0)?
                 }
-                (Attention::Prefill, _) => match snap {
+                (Attention::Prefill | Attention::Shared, _) => match snap {
                     Some(snap) => layer.prefill_snapkv(&snap, &q, &k, &v)?,
                     None => layer.prefill(&q, &k, &v)?,
                 },
@@ -413,5 +434,53 @@ impl Llama {
             x = (x + mlp)?;
         }
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
+    }
+}
+
+/// Layer `l`'s prefill for every cache with one attention (see
+/// [`Llama::prefill_shared`]); returns the attention output `[seq, n_heads,
+/// head_dim]`, the same for every cache.
+fn shared_prefill(
+    caches: &mut [LlamaCache],
+    l: usize,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+) -> Result<Tensor> {
+    let seq = q.dims()[0];
+    let source = caches
+        .iter()
+        .position(|c| c.snapkv().is_none() && !c.layers()[l].layer().heads()[0].policy().evicts());
+    let (out, temporary) = match source {
+        Some(s) => (caches[s].layers_mut()[l].prefill(q, k, v)?, None),
+        None => {
+            let like = caches[0].layers()[l].layer();
+            let full = AnyPolicy::from(Full::new(seq)?);
+            let layer = LayerCache::new(like.n_heads(), like.n_kv_heads(), like.head_dim(), full)?;
+            let mut full = TensorLayerCache::new(layer);
+            (full.prefill(q, k, v)?, Some(full))
+        }
+    };
+    for i in (0..caches.len()).filter(|&i| Some(i) != source) {
+        if let Some(snap) = caches[i].snapkv().copied() {
+            caches[i].layers_mut()[l].prefill_snapkv(&snap, q, k, v)?;
+        } else if let Some(full) = &temporary {
+            caches[i].layers_mut()[l].prefill_from(full)?;
+        } else if let Some(s) = source {
+            let (target, from) = pair(caches, i, s);
+            target.layers_mut()[l].prefill_from(&from.layers()[l])?;
+        }
+    }
+    Ok(out)
+}
+
+/// `caches[i]` mutably and `caches[s]` shared, `i != s`.
+fn pair(caches: &mut [LlamaCache], i: usize, s: usize) -> (&mut LlamaCache, &LlamaCache) {
+    if i < s {
+        let (a, b) = caches.split_at_mut(s);
+        (&mut a[i], &b[0])
+    } else {
+        let (a, b) = caches.split_at_mut(i);
+        (&mut b[0], &a[s])
     }
 }
