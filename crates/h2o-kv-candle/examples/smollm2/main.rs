@@ -35,6 +35,8 @@ enum Cmd {
     Generate(generate::Args),
     /// Teacher-forced perplexity on long windows of WikiText-2 and Alice.
     Ppl(ppl::Args),
+    /// Merge `ppl --csv` files into one table, CSV and plot.
+    PplMerge(ppl::MergeArgs),
     /// Passkey retrieval at several lengths and depths.
     Passkey(passkey::Args),
     /// Decode speed: ours (full, H2O) against candle-transformers' Llama.
@@ -46,6 +48,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Ppl(a) => ppl::run(&a),
+        Cmd::PplMerge(a) => ppl::merge(&a),
         Cmd::Passkey(a) => passkey::run(&a),
         Cmd::Bench(a) => bench::run(&a),
     };

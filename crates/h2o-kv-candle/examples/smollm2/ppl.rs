@@ -283,3 +283,94 @@ fn write_csv(rows: &[Row], path: &std::path::Path, window: usize) -> Result<()> 
     }
     Ok(())
 }
+
+/// `ppl-merge`: several `ppl --csv` files (e.g. runs over different policies
+/// of the same windows) as one table, CSV and plot.
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// The CSV files, in order; a full-cache row seen before for the same
+    /// text is dropped.
+    #[arg(required = true, value_delimiter = ',')]
+    inputs: Vec<PathBuf>,
+    /// Write the merged rows as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the SVG plot of the merged rows.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+pub fn merge(a: &MergeArgs) -> Result<()> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut window = 0;
+    for path in &a.inputs {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().ok_or("empty CSV")?.split(',').collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .ok_or(format!("{}: no column {name}", path.display()))
+        };
+        let c = [
+            "text",
+            "policy",
+            "budget_percent",
+            "heavy_fraction",
+            "window",
+            "windows",
+            "tokens",
+            "perplexity",
+            "top1_agreement",
+            "kl_to_full",
+            "kv_bytes",
+        ]
+        .map(col);
+        let c: Vec<usize> = c.into_iter().collect::<std::result::Result<_, _>>()?;
+        let schedule = header.iter().position(|h| *h == "schedule");
+        for (n, line) in lines.enumerate() {
+            let f: Vec<&str> = line.split(',').collect();
+            let bad = || format!("{}:{}: a malformed row", path.display(), n + 2);
+            let num = |i: usize| f.get(c[i]).and_then(|x| x.parse::<f64>().ok()).ok_or_else(bad);
+            let method: Method = f.get(c[1]).ok_or_else(bad)?.parse()?;
+            let sched = match schedule.and_then(|i| f.get(i)) {
+                Some(s) => common::parse_schedule(s)?,
+                None => LayerSchedule::Uniform,
+            };
+            let spec = Spec { method, percent: num(2)?, heavy_fraction: num(3)?, schedule: sched };
+            let text = f.get(c[0]).ok_or_else(bad)?.to_string();
+            if method == Method::FULL && rows.iter().any(|r| r.text == text && r.spec == spec) {
+                continue;
+            }
+            window = num(4)? as usize;
+            let (windows, tokens) = (num(5)? as usize, num(6)? as usize);
+            rows.push(Row {
+                text,
+                spec,
+                nll: num(7)?.ln() * tokens as f64,
+                tokens,
+                agree: (num(8)? * tokens as f64).round() as usize,
+                kl: num(9)? * tokens as f64,
+                kv_bytes: num(10)? as u64 * windows as u64,
+                windows,
+            });
+        }
+    }
+    // Group by text, in order of first appearance (a stable sort).
+    let mut texts: Vec<String> = Vec::new();
+    for r in &rows {
+        if !texts.contains(&r.text) {
+            texts.push(r.text.clone());
+        }
+    }
+    rows.sort_by_key(|r| texts.iter().position(|t| *t == r.text));
+    print_table(&rows, window);
+    if let Some(p) = &a.csv {
+        write_csv(&rows, p, window)?;
+    }
+    if let Some(p) = &a.plot {
+        plot::ppl(&rows, p, window)?;
+    }
+    Ok(())
+}
