@@ -39,6 +39,8 @@ enum Cmd {
     PplMerge(ppl::MergeArgs),
     /// Passkey retrieval at several lengths and depths.
     Passkey(passkey::Args),
+    /// The table, CSV and heat map of a `passkey --out` file.
+    PasskeyReport(passkey::ReportArgs),
     /// Decode speed: ours (full, H2O) against candle-transformers' Llama.
     Bench(bench::Args),
 }
@@ -50,6 +52,7 @@ fn main() {
         Cmd::Ppl(a) => ppl::run(&a),
         Cmd::PplMerge(a) => ppl::merge(&a),
         Cmd::Passkey(a) => passkey::run(&a),
+        Cmd::PasskeyReport(a) => passkey::report(&a),
         Cmd::Bench(a) => bench::run(&a),
     };
     if let Err(e) = result {

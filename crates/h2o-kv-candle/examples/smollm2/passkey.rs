@@ -257,23 +257,7 @@ pub fn run(a: &Args) -> Result<()> {
                 "ids": ans, "text": text, "correct": correct, "kv_bytes": cache.kv_bytes(),
             }));
             let (length, depth) = case.cell.unwrap_or((0, f64::NAN));
-            match cells.iter_mut().find(|c| {
-                c.spec == *spec
-                    && c.length == length
-                    && (c.depth == depth || (c.depth.is_nan() && depth.is_nan()))
-            }) {
-                Some(c) => {
-                    c.correct += usize::from(correct);
-                    c.total += 1;
-                }
-                None => cells.push(Cell {
-                    spec: *spec,
-                    length,
-                    depth,
-                    correct: usize::from(correct),
-                    total: 1,
-                }),
-            }
+            tally(&mut cells, spec, length, depth, correct);
         }
         if let Some(f) = &mut out {
             let line = serde_json::json!({"id": case.id, "key": case.key, "tokens": ids.len(), "results": results});
@@ -290,25 +274,7 @@ pub fn run(a: &Args) -> Result<()> {
     );
     print_table(&cells, &specs);
     if let Some(p) = &a.csv {
-        let mut f = std::fs::File::create(p)?;
-        writeln!(
-            f,
-            "policy,budget_percent,heavy_fraction,length,depth_percent,correct,total,schedule"
-        )?;
-        for c in &cells {
-            writeln!(
-                f,
-                "{},{},{},{},{},{},{},{}",
-                c.spec.method.name(),
-                c.spec.percent,
-                c.spec.heavy_fraction,
-                c.length,
-                c.depth,
-                c.correct,
-                c.total,
-                c.spec.schedule.name()
-            )?;
-        }
+        write_csv(&cells, p)?;
     }
     if let Some(p) = &a.plot {
         plot::passkey(&cells, &specs, p)?;
@@ -350,4 +316,104 @@ fn print_table(cells: &[Cell], specs: &[Spec]) {
         }
         println!("{line} {ok}/{n} |");
     }
+}
+
+/// Counts one answer into its cell.
+fn tally(cells: &mut Vec<Cell>, spec: &Spec, length: usize, depth: f64, correct: bool) {
+    let same = |c: &&mut Cell| {
+        c.spec == *spec && c.length == length && c.depth.to_bits() == depth.to_bits()
+    };
+    match cells.iter_mut().find(same) {
+        Some(c) => {
+            c.correct += usize::from(correct);
+            c.total += 1;
+        }
+        None => {
+            cells.push(Cell { spec: *spec, length, depth, correct: usize::from(correct), total: 1 })
+        }
+    }
+}
+
+fn write_csv(cells: &[Cell], path: &std::path::Path) -> Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    writeln!(
+        f,
+        "policy,budget_percent,heavy_fraction,length,depth_percent,correct,total,schedule"
+    )?;
+    for c in cells {
+        writeln!(
+            f,
+            "{},{},{},{},{},{},{},{}",
+            c.spec.method.name(),
+            c.spec.percent,
+            c.spec.heavy_fraction,
+            c.length,
+            c.depth,
+            c.correct,
+            c.total,
+            c.spec.schedule.name()
+        )?;
+    }
+    Ok(())
+}
+
+/// `passkey-report`: the table, CSV and heat map of a `passkey --out` file
+/// (e.g. of a run stopped part-way: every finished prompt is in it).
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The JSON lines `passkey --out` wrote.
+    input: PathBuf,
+    /// Write the accuracy table as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write an SVG heat map of accuracy.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+pub fn report(a: &ReportArgs) -> Result<()> {
+    let f = std::fs::File::open(&a.input).map_err(|e| format!("{}: {e}", a.input.display()))?;
+    let (mut cells, mut specs): (Vec<Cell>, Vec<Spec>) = (Vec::new(), Vec::new());
+    let mut prompts = 0;
+    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: &str| format!("{}:{}: {what}", a.input.display(), n + 1);
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
+        // The built-in grid's ids are `len{length}-depth{depth}-{k}`.
+        let id = v["id"].as_str().unwrap_or_default();
+        let cell = id.strip_prefix("len").and_then(|rest| {
+            let (len, rest) = rest.split_once("-depth")?;
+            let (depth, _) = rest.rsplit_once('-')?;
+            Some((len.parse::<usize>().ok()?, depth.parse::<f64>().ok()?))
+        });
+        let (length, depth) = cell.unwrap_or((0, f64::NAN));
+        for r in v["results"].as_array().ok_or_else(|| bad("no results"))? {
+            let num = |k: &str| r[k].as_f64().ok_or_else(|| bad(&format!("no {k}")));
+            let method: Method = r["policy"].as_str().ok_or_else(|| bad("no policy"))?.parse()?;
+            let schedule = common::parse_schedule(r["schedule"].as_str().unwrap_or("uniform"))?;
+            let spec = Spec {
+                method,
+                percent: num("budget_percent")?,
+                heavy_fraction: num("heavy_fraction")?,
+                schedule,
+            };
+            if !specs.contains(&spec) {
+                specs.push(spec);
+            }
+            tally(&mut cells, &spec, length, depth, r["correct"].as_bool() == Some(true));
+        }
+        prompts += 1;
+    }
+    eprintln!("passkey-report: {prompts} prompts × {} policies", specs.len());
+    print_table(&cells, &specs);
+    if let Some(p) = &a.csv {
+        write_csv(&cells, p)?;
+    }
+    if let Some(p) = &a.plot {
+        plot::passkey(&cells, &specs, p)?;
+    }
+    Ok(())
 }
