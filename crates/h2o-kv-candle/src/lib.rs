@@ -5,11 +5,14 @@
 //! # Overview
 //! - [`TensorLayerCache`]: one layer's cache driven with candle tensors
 //!   (query `[n_heads, head_dim]`, key/value `[n_kv_heads, head_dim]`,
-//!   f32/f16/bf16; prefill of `[seq, ...]`), for your own model code.
+//!   f32/f16/bf16; prefill of `[seq, ...]`, by the policy or by SnapKV's
+//!   selection; a prefill derived from a full cache's), for your own model code.
 //! - [`llama`]: a Llama-family GGUF model (SmolLM2, Llama, TinyLlama, ...)
 //!   with quantized weights through candle's `QMatMul`, one policy and budget
 //!   per layer ([`llama::LlamaCache`]), the tokenizer built from the GGUF's own
-//!   vocabulary and merges, and the chat template.
+//!   vocabulary and merges, and the chat template; one prompt prefilled into
+//!   many caches with one attention ([`llama::Llama::prefill_shared`]) and
+//!   their decode steps batched ([`llama::Llama::decode_shared`]).
 //! - [`locate`]: finding model and data files at run time.
 //!
 //! # Devices

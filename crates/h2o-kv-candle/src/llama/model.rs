@@ -349,14 +349,20 @@ impl Llama {
                 rows.push(layer.step(&q.get(i)?, &k.get(i)?, &v.get(i)?)?);
             }
             let attn = Tensor::stack(&rows, 0)?.reshape((n, c.dim))?;
-            x = (x + b.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
-            let mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
-            x = (x + mlp)?;
+            x = self.finish_block(b, &x, &attn)?;
         }
         let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
         Ok(self.output.forward(&x)?)
+    }
+
+    /// The rest of a block after its attention `attn` `[rows, dim]`: the
+    /// output projection and residual, then RMSNorm → SwiGLU MLP → residual.
+    fn finish_block(&self, b: &Block, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
+        let x = (x + b.wo.forward(attn)?)?;
+        let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, self.config.rms_eps as f32)?;
+        let gate = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
+        let mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
+        Ok((x + mlp)?)
     }
 
     /// The final normalised hidden states `[seq, dim]`; `caches[0]`'s
@@ -389,49 +395,27 @@ impl Llama {
             let v = b.wv.forward(&h)?.reshape((seq, c.n_kv_heads, c.head_dim))?;
             let q = self.rope.apply(&q, start)?;
             let k = self.rope.apply(&k, start)?;
-            if mode == Attention::Shared && seq > 1 {
-                let attn = shared_prefill(caches, l, &q, &k, &v)?.reshape((seq, c.dim))?;
-                x = (x + b.wo.forward(&attn)?)?;
-                let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-                let gate = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
-                let mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
-                x = (x + mlp)?;
-                continue;
-            }
-            let (first, rest) = caches.split_first_mut().expect("checked non-empty");
-            let snap = first.snapkv().copied();
-            let layer = &mut first.layers_mut()[l];
-            let attn = match (mode, seq) {
-                (Attention::Prefill | Attention::Steps | Attention::Shared, 1) => {
-                    layer.step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?.unsqueeze(0)?
+            let attn = if mode == Attention::Shared && seq > 1 {
+                shared_prefill(caches, l, &q, &k, &v)?
+            } else {
+                // Every cache takes the chunk; the first one's output goes on.
+                let mut first = None;
+                for cache in caches.iter_mut() {
+                    let snap = cache.snapkv().copied();
+                    let layer = &mut cache.layers_mut()[l];
+                    let out = match (mode, seq, snap) {
+                        (_, 1, _) => layer
+                            .step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?
+                            .unsqueeze(0)?,
+                        (Attention::Steps, _, _) => layer.step_sequence(&q, &k, &v)?,
+                        (_, _, Some(snap)) => layer.prefill_snapkv(&snap, &q, &k, &v)?,
+                        (_, _, None) => layer.prefill(&q, &k, &v)?,
+                    };
+                    first.get_or_insert(out);
                 }
-                (Attention::Prefill | Attention::Shared, _) => match snap {
-                    Some(snap) => layer.prefill_snapkv(&snap, &q, &k, &v)?,
-                    None => layer.prefill(&q, &k, &v)?,
-                },
-                (Attention::Steps, _) => layer.step_sequence(&q, &k, &v)?,
+                first.ok_or(Error::NoTokens)?
             };
-            for other in rest.iter_mut() {
-                let snap = other.snapkv().copied();
-                let layer = &mut other.layers_mut()[l];
-                match (seq, snap) {
-                    (1, _) => {
-                        layer.step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?;
-                    }
-                    (_, Some(snap)) => {
-                        layer.prefill_snapkv(&snap, &q, &k, &v)?;
-                    }
-                    (_, None) => {
-                        layer.prefill(&q, &k, &v)?;
-                    }
-                }
-            }
-            let attn = attn.reshape((seq, c.dim))?;
-            x = (x + b.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&b.gate.forward(&h)?)?;
-            let mlp = b.down.forward(&(gate * b.up.forward(&h)?)?)?;
-            x = (x + mlp)?;
+            x = self.finish_block(b, &x, &attn.reshape((seq, c.dim))?)?;
         }
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, eps)?)
     }
