@@ -141,9 +141,11 @@ fn fit(tok: &Tokenizer, length: usize, depth: f64, key: &str) -> Result<String> 
 fn grid_cases(tok: &Tokenizer, a: &Args) -> Result<Vec<Case>> {
     let mut rng = Rng::new(a.seed);
     let mut cases = Vec::new();
+    // Length by length, and within a length key by key across the depths, so
+    // a run stopped part-way (see `passkey-report`) has balanced cells.
     for &length in &a.lengths {
-        for &depth in &a.depths {
-            for k in 0..a.keys {
+        for k in 0..a.keys {
+            for &depth in &a.depths {
                 let key = format!("{}", 10_000 + rng.next_u64() % 90_000);
                 cases.push(Case {
                     id: format!("len{length}-depth{depth}-{k}"),
