@@ -253,6 +253,71 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         self.heads.iter_mut().for_each(KvCache::reset);
     }
 
+    /// Checks that [`copy_from`](Self::copy_from) can copy `src` into this
+    /// layer: the same query and KV head counts, and every head as
+    /// [`Cache::check_copy`] requires. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming what differs.
+    pub fn check_copy(&self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        if self.n_heads != src.n_heads {
+            return Err(Error::ShapeMismatch { what: "n_heads" });
+        }
+        if self.heads.len() != src.heads.len() {
+            return Err(Error::ShapeMismatch { what: "n_kv_heads" });
+        }
+        self.heads.iter().zip(&src.heads).try_for_each(|(a, b)| a.check_copy(b))
+    }
+
+    /// Makes this layer an exact copy of `src` without allocating (a fork,
+    /// for beam search): every KV head copies its own state (see
+    /// [`Cache::copy_from`]). O(`n_kv_heads · span · head_dim`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] (see [`check_copy`](Self::check_copy)),
+    /// checked for every head before any changes.
+    pub fn copy_from(&mut self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        self.check_copy(src)?;
+        self.copy_checked(src);
+        Ok(())
+    }
+
+    /// [`copy_from`](Self::copy_from) after [`check_copy`](Self::check_copy).
+    pub(crate) fn copy_checked(&mut self, src: &Self) {
+        for (a, b) in self.heads.iter_mut().zip(&src.heads) {
+            a.copy_checked(b);
+        }
+        self.out.copy_from_slice(&src.out);
+    }
+
+    /// Checks that [`truncate`](Self::truncate) can drop the last `n`
+    /// tokens from every head. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`] as [`Planner::truncate`](crate::Planner::truncate)
+    /// for any head.
+    pub fn check_truncate(&self, n: usize) -> Result<()> {
+        self.heads.iter().try_for_each(|h| h.planner().check_truncate(n))
+    }
+
+    /// Drops the last `n` inserted tokens from every KV head (speculative
+    /// decoding's rejected drafts); they must be resident in every head. See
+    /// [`Cache::truncate`] for what is and is not rolled back.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`], checked for every head before any changes.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.check_truncate(n)?;
+        self.heads.iter_mut().for_each(|h| h.truncate_checked(n));
+        Ok(())
+    }
+
     fn check_query(&self, query: &[T]) -> Result<()> {
         self.heads[0].check_vector("query", query, self.n_heads * self.head_dim)
     }

@@ -40,6 +40,8 @@
 //! | `planner` | [`Planner`]: slot table, positions, f64 scores, per-token statistics, policy; no K/V rows (`docs/semantics.md §9`) |
 //! | `cache` | [`Cache`] = planner + K/V rows + kernels: the decode phases, the three step orders, prefill, the shared softmax, the four aliases |
 //! | `layer` | [`LayerCache`]: one cache per KV head, GQA grouping, all heads checked before any changes |
+//! | `model` | [`ModelCache`]: every layer of one sequence, the turn rule, fork ([`ModelCache::copy_from`]) and [`ModelCache::truncate`] |
+//! | `beams` | [`ModelCache::reorder`] and its [`BeamScratch`]: beam-search reorders without allocating |
 //! | [`policy`] | the policies: leaves that compare [`Candidate`]s, knowing nothing of caches |
 //! | [`kernels`] | attention arithmetic over slices: public API, scalar, f16/bf16 widening, SIMD |
 //! | `arch` | run-time CPU detection for SIMD (a leaf both kernels and element types use) |
@@ -117,6 +119,7 @@
 
 #[cfg(feature = "simd")]
 mod arch;
+mod beams;
 mod cache;
 pub mod compress;
 mod element;
@@ -131,6 +134,7 @@ pub mod policy;
 pub mod snapshot;
 mod trace;
 
+pub use beams::BeamScratch;
 pub use cache::{
     AttentionEntry, Cache, FullCache, H2OCache, H2OSinksCache, HeavyOnly, MAX_HEAD_DIM,
     MeanScoreCache, RecentOnly, SinkWindowCache, TovaCache,

@@ -208,6 +208,84 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         })
     }
 
+    // ---- fork and truncate ------------------------------------------------
+
+    /// Checks that [`copy_from`](Self::copy_from) can copy `src` into this
+    /// cache: the same `head_dim`, softmax scale and policy (so the same
+    /// capacity). Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming what differs.
+    pub fn check_copy(&self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        if self.head_dim_() != src.head_dim_() {
+            return Err(Error::ShapeMismatch { what: "head_dim" });
+        }
+        if self.scale != src.scale {
+            return Err(Error::ShapeMismatch { what: "softmax scale" });
+        }
+        self.planner.check_copy(&src.planner)
+    }
+
+    /// Makes this cache an exact copy of `src` without allocating (a fork,
+    /// for beam search): the planner's state (see [`Planner::copy_from`]),
+    /// the key/value rows of slots `0..span()` and what
+    /// [`last_attention`](Self::last_attention) shows. From here on both
+    /// caches give bit-identical outputs and decisions for the same inputs.
+    /// O(`span · head_dim`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] (see [`check_copy`](Self::check_copy));
+    /// nothing changes then.
+    pub fn copy_from(&mut self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        self.check_copy(src)?;
+        self.copy_checked(src);
+        Ok(())
+    }
+
+    /// [`copy_from`](Self::copy_from) after [`check_copy`](Self::check_copy).
+    pub(crate) fn copy_checked(&mut self, src: &Self) {
+        self.planner.copy_checked(&src.planner);
+        self.rows.copy_from(&src.rows, src.planner.span());
+        // The shown attention covers slots `0..shown` of the first query's row.
+        let shown = src.shown.unwrap_or(0);
+        self.shown_logits[..shown].copy_from_slice(&src.shown_logits[..shown]);
+        self.shown_weights[..shown].copy_from_slice(&src.shown_weights[..shown]);
+        self.shown = src.shown;
+        self.shown_evicted.clear();
+        self.shown_evicted.extend_from_slice(&src.shown_evicted);
+        self.shown_skip = src.shown_skip;
+    }
+
+    /// Drops the last `n` inserted tokens, which must all still be resident
+    /// (speculative decoding's rejected drafts); the next token gets the
+    /// first dropped position. See [`Planner::truncate`] for what is rolled
+    /// back and what is not (the dropped queries' attention stays in the
+    /// older tokens' scores). [`last_attention`](Self::last_attention) and
+    /// [`last_evicted`](KvCache::last_evicted) are cleared. Allocates nothing.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`] if `n` exceeds the tokens inserted or one of
+    /// the last `n` was evicted; nothing changes then.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.planner.check_truncate(n)?;
+        self.truncate_checked(n);
+        Ok(())
+    }
+
+    /// [`truncate`](Self::truncate) after the planner's check.
+    pub(crate) fn truncate_checked(&mut self, n: usize) {
+        self.planner.truncate_checked(n);
+        self.shown = None;
+        self.shown_evicted.clear();
+        self.shown_skip = None;
+    }
+
     // ---- checks (read-only) ----------------------------------------------
 
     pub(crate) fn head_dim_(&self) -> usize {
