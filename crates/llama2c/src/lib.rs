@@ -2,9 +2,10 @@
 //! bounded caches, and a measurement of what each policy costs in quality.
 //!
 //! The model: 5 layers, 8 query heads sharing 4 KV heads of dimension 8, a
-//! 512-token context and a 512-token vocabulary. Every layer keeps one
-//! [`h2o_kv::LayerCache`] under the chosen policy; RoPE is applied to queries
-//! and keys at the absolute position before the key is cached.
+//! 512-token context and a 512-token vocabulary. The decoder keeps one
+//! [`h2o_kv::ModelCache`] (a [`h2o_kv::LayerCache`] per layer, fed in turn)
+//! under the chosen policy; RoPE is applied to queries and keys at the
+//! absolute position before the key is cached.
 //!
 //! This crate is a runner, not a library to depend on (it is not published):
 //! the `llama2c` binary (`cargo run --release -p llama2c -- --help`), its
