@@ -171,6 +171,42 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
         &self.layers
     }
 
+    /// Layer `l` for a call that adds `tokens` tokens to it now (a decode
+    /// step: 1; a prefill: the prompt length), checked against the turn
+    /// rule: for adapters that drive a layer through their own wrapper (a
+    /// tensor adapter calling [`LayerCache::step`] or
+    /// [`LayerCache::prefill`]). The caller must add exactly `tokens` tokens
+    /// through the returned layer; any other change (a reset, a different
+    /// count) makes the following calls [`Error::OutOfTurn`] until
+    /// [`reset`](Self::reset), so a misuse cannot go unnoticed, but it is
+    /// the caller's to avoid.
+    ///
+    /// # Example
+    /// ```
+    /// use h2o_kv::{Full, ModelCache};
+    ///
+    /// let mut model = ModelCache::<f32, _>::new(2, 2, 1, 4, Full::new(8)?)?;
+    /// for l in 0..2 {
+    ///     model.layer_in_turn(l, 1)?.step(&[0.5; 8], &[0.25; 4], &[1.0; 4])?;
+    /// }
+    /// assert_eq!(model.position(), 1);
+    /// assert!(model.layer_in_turn(1, 1).is_err()); // layer 0 goes first
+    /// # Ok::<(), h2o_kv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::OutOfTurn`] if layer `l` may not take `tokens` tokens now.
+    pub fn layer_in_turn(&mut self, l: usize, tokens: usize) -> Result<&mut LayerCache<T, P>> {
+        self.check_turn(l, tokens)?;
+        Ok(&mut self.layers[l])
+    }
+
+    /// The layers, layer 0 first (the inverse of [`from_layers`](Self::from_layers)).
+    #[must_use]
+    pub fn into_layers(self) -> Vec<LayerCache<T, P>> {
+        self.layers
+    }
+
     /// Each layer's budget per KV head, layer 0 first.
     pub fn budgets(&self) -> impl Iterator<Item = usize> + '_ {
         self.layers.iter().map(LayerCache::budget)
@@ -449,6 +485,26 @@ mod tests {
         m.step(2, &q, &kv, &kv).unwrap();
         assert_eq!(m.position(), 1);
         assert_eq!(m.layers()[1].heads()[0].resident_positions(), [0]);
+    }
+
+    #[test]
+    fn layers_in_turn_for_adapters() {
+        let mut m = model();
+        let (q, kv) = ([0.5; 4], [0.25; 2]);
+        // A prefill of 3 through layer 0, then layer 1 must take 3, not 1.
+        let (pq, pkv, mut out) = ([0.5; 12], [0.25; 6], [0.0; 12]);
+        m.layer_in_turn(0, 3).unwrap().prefill(&pq, &pkv, &pkv, &mut out).unwrap();
+        assert!(matches!(m.layer_in_turn(1, 1), Err(Error::OutOfTurn { layer: 1, .. })));
+        assert!(matches!(m.layer_in_turn(0, 1), Err(Error::OutOfTurn { layer: 0, .. })));
+        assert!(matches!(m.layer_in_turn(3, 1), Err(Error::OutOfTurn { layer: 3, .. })));
+        for l in 1..3 {
+            m.layer_in_turn(l, 3).unwrap().prefill(&pq, &pkv, &pkv, &mut out).unwrap();
+        }
+        assert_eq!(m.position(), 3);
+        m.layer_in_turn(0, 1).unwrap().step(&q, &kv, &kv).unwrap();
+        // Caught between layers: the layers round-trip through from_layers.
+        let back = ModelCache::from_layers(m.clone().into_layers()).unwrap();
+        assert_eq!((back.position(), back.layers()[0].next_position()), (3, 4));
     }
 
     #[test]
