@@ -339,13 +339,15 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     }
 
     /// Rebuilds a fresh cache's state from a snapshot's layout; the
-    /// planner's slot table checks its invariants first. `keys` and `values`
+    /// planner's slot table checks its invariants first. `stats` are the
+    /// tokens' `(last_weight, attended)` (empty: both 0); `keys` and `values`
     /// are `[tokens × head_dim]` in the order of `tokens`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &mut self,
         states: &[SlotState],
         tokens: &[(usize, u64, f64)],
+        stats: &[(f64, u64)],
         keys: &[T],
         values: &[T],
         free: &[usize],
@@ -353,7 +355,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         next_position: u64,
         last_evicted: &[u64],
     ) -> core::result::Result<(), &'static str> {
-        self.planner.restore(states, tokens, free, recent, next_position, last_evicted)?;
+        self.planner.restore(states, tokens, stats, free, recent, next_position, last_evicted)?;
         let d = self.head_dim_();
         for (i, &(s, _, _)) in tokens.iter().enumerate() {
             self.rows.write(s, &keys[i * d..][..d], &values[i * d..][..d]);

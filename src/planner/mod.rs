@@ -636,11 +636,14 @@ impl<P: EvictionPolicy> Planner<P> {
 
     /// Rebuilds a fresh planner's state from a snapshot's layout (the table
     /// checks its invariants first): `tokens` are `(slot, position, score)`
-    /// in slot order.
+    /// in slot order; `stats` their `(last_weight, attended)` in the same
+    /// order, or empty (an old snapshot: both restart at 0).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &mut self,
         states: &[SlotState],
         tokens: &[(usize, u64, f64)],
+        stats: &[(f64, u64)],
         free: &[usize],
         recent: &[usize],
         next_position: u64,
@@ -648,6 +651,9 @@ impl<P: EvictionPolicy> Planner<P> {
     ) -> core::result::Result<(), &'static str> {
         if tokens.len() > self.capacity() {
             return Err("more tokens than the store holds");
+        }
+        if !stats.is_empty() && stats.len() != tokens.len() {
+            return Err("per-token statistics do not match the tokens");
         }
         let positions: Vec<u64> = tokens.iter().map(|t| t.1).collect();
         let mut sorted = positions.clone();
@@ -660,6 +666,10 @@ impl<P: EvictionPolicy> Planner<P> {
         self.slots.restore(states, &positions, free, recent, next_position)?;
         for &(s, _, score) in tokens {
             self.scores[s] = score;
+        }
+        for (&(s, _, _), &(last, attended)) in tokens.iter().zip(stats) {
+            self.last_weights[s] = last;
+            self.attended[s] = attended;
         }
         self.next_position = next_position;
         self.clear_evicted();
