@@ -85,8 +85,6 @@ pub struct Cache<T: Element, P: EvictionPolicy> {
     out_acc: Vec<T::Acc>,
     /// `[group_capacity × head_dim]`: outputs returned to the caller.
     out: Vec<T>,
-    /// `[group_capacity]`: running softmax statistics of the one-pass kernel.
-    online: Vec<crate::kernels::OnlineSoftmax<T::Acc>>,
     /// Queries per attention call the scratch has room for.
     group_capacity: usize,
     /// `[group_capacity × slots]` each: the logits and weights of the last
@@ -135,7 +133,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             weights: Vec::new(),
             out_acc: Vec::new(),
             out: Vec::new(),
-            online: Vec::new(),
             group_capacity: 0,
             shown_logits: Vec::new(),
             shown_weights: Vec::new(),
@@ -252,7 +249,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         self.shown = None;
         self.out_acc = try_vec(group * d, T::Acc::zero())?;
         self.out = try_vec(group * d, T::default())?;
-        self.online = try_vec(group, crate::kernels::OnlineSoftmax::new())?;
         self.group_capacity = group;
         Ok(())
     }
