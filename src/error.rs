@@ -170,6 +170,13 @@ pub enum Error {
         /// Tokens each part needs at least.
         needed: usize,
     },
+    /// A `prefill_from` whose source or target does not qualify (see
+    /// [`Planner::prefill_from`](crate::Planner::prefill_from)).
+    #[error("cannot derive a prefill from this source: {reason}")]
+    PrefillSource {
+        /// Which condition failed.
+        reason: &'static str,
+    },
     /// Two caches that must have the same shape do not: a fork
     /// (`copy_from`) or a beam reorder between caches whose layers, heads,
     /// `head_dim`, softmax scale or policies differ.

@@ -556,6 +556,48 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     }
 }
 
+impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
+    /// Every KV head derives its prefill from the same head of `source`
+    /// (see [`Cache::prefill_from`]): one full-cache prefill of a prompt,
+    /// then any number of bounded layers from it, each paying only its
+    /// eviction, not the attention.
+    ///
+    /// # Errors
+    /// [`Error::PrefillSource`] if `n_heads`, `n_kv_heads` or `head_dim`
+    /// differ, or as [`Cache::prefill_from`] for any head, checked for every
+    /// head before any changes. No panic.
+    pub fn prefill_from<Q: EvictionPolicy>(&mut self, source: &LayerCache<T, Q>) -> Result<()> {
+        self.check_prefill_from(source)?;
+        self.commit_prefill_from(source);
+        Ok(())
+    }
+
+    /// The checks of [`prefill_from`](Self::prefill_from). Changes nothing.
+    pub(crate) fn check_prefill_from<Q: EvictionPolicy>(
+        &self,
+        source: &LayerCache<T, Q>,
+    ) -> Result<()> {
+        if (source.n_heads, source.head_dim, source.heads.len())
+            != (self.n_heads, self.head_dim, self.heads.len())
+        {
+            return Err(Error::PrefillSource {
+                reason: "the layers' head counts or head_dim differ",
+            });
+        }
+        for (head, from) in self.heads.iter().zip(&source.heads) {
+            head.check_prefill_from(from)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a checked [`prefill_from`](Self::prefill_from).
+    pub(crate) fn commit_prefill_from<Q: EvictionPolicy>(&mut self, source: &LayerCache<T, Q>) {
+        for (head, from) in self.heads.iter_mut().zip(&source.heads) {
+            head.commit_prefill_from(from);
+        }
+    }
+}
+
 /// The positions each KV head of a layer evicted in the last call, head by
 /// head; see [`LayerCache::evict`].
 #[derive(Debug, Clone, Copy)]

@@ -108,9 +108,11 @@
 //!   without AVX2 + FMA, the portable scalar kernels run.
 //!   [`kernels::simd_isa`] tells which.
 //! - `half`: [`Element`] impls for `half::f16` and `half::bf16`.
-//! - `avx512` (off; needs Rust 1.89): the one-pass attention kernel in 16-lane
-//!   AVX-512 where the CPU has it and `head_dim` is a multiple of 16
-//!   ([`kernels::one_pass_isa`] tells which runs).
+//! - `avx512` (off; needs Rust 1.89): the one-pass attention kernel (the
+//!   prefill's, and [`kernels::attention_one_pass`]) in 16-lane AVX-512 where
+//!   the CPU has it and `head_dim` is a multiple of 16
+//!   ([`kernels::one_pass_isa`] tells which runs). Decode steps use the
+//!   two-pass kernels, which measured faster.
 //! - `rayon` (off): a [`LayerCache`] step runs its KV heads in parallel on the
 //!   current rayon pool; the results are bit-identical to the serial loop. The
 //!   crate allocates nothing per step; rayon's scheduler may, rarely.

@@ -446,6 +446,34 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
     }
 }
 
+impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
+    /// Every layer derives its prefill from the same layer of `source` (see
+    /// [`LayerCache::prefill_from`]): prefill a prompt once into a full
+    /// `ModelCache`, then derive one bounded cache per policy from it. This
+    /// cache must be empty; afterwards its position is `source`'s.
+    ///
+    /// # Errors
+    /// [`Error::PrefillSource`] if the layer counts differ or `source` is
+    /// between layers of a token (not every layer has taken it); otherwise
+    /// as [`LayerCache::prefill_from`], checked for every layer before any
+    /// changes. No panic.
+    pub fn prefill_from<Q: EvictionPolicy>(&mut self, source: &ModelCache<T, Q>) -> Result<()> {
+        if source.layers.len() != self.layers.len() {
+            return Err(Error::PrefillSource { reason: "the layer counts differ" });
+        }
+        if source.layers.iter().any(|l| l.next_position() != source.position()) {
+            return Err(Error::PrefillSource { reason: "the source is between layers of a token" });
+        }
+        for (layer, from) in self.layers.iter().zip(&source.layers) {
+            layer.check_prefill_from(from)?;
+        }
+        for (layer, from) in self.layers.iter_mut().zip(&source.layers) {
+            layer.commit_prefill_from(from);
+        }
+        Ok(())
+    }
+}
+
 fn check_layers(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::InvalidParameter {

@@ -11,6 +11,7 @@
 //! - `decode.rs`: the phases of a decode step and the three step orders;
 //! - `attention.rs`: the masking + overflow check + softmax every path uses;
 //! - `prefill.rs`: a chunk of tokens in one causal attention, one eviction;
+//! - `derive.rs`: a prefill derived from another cache's (one attention, many policies);
 //! - `rows.rs`: the key/value rows;
 //! - `aliases.rs`: `FullCache`, `RecentOnly`, `HeavyOnly`, `H2OCache` and
 //!   their constructors.
@@ -30,6 +31,7 @@ use crate::policy::EvictionPolicy;
 mod aliases;
 mod attention;
 pub(crate) mod decode;
+mod derive;
 mod prefill;
 mod rows;
 mod snapkv;
@@ -83,8 +85,6 @@ pub struct Cache<T: Element, P: EvictionPolicy> {
     out_acc: Vec<T::Acc>,
     /// `[group_capacity × head_dim]`: outputs returned to the caller.
     out: Vec<T>,
-    /// `[group_capacity]`: running softmax statistics of the one-pass kernel.
-    online: Vec<crate::kernels::OnlineSoftmax<T::Acc>>,
     /// Queries per attention call the scratch has room for.
     group_capacity: usize,
     /// `[group_capacity × slots]` each: the logits and weights of the last
@@ -133,7 +133,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             weights: Vec::new(),
             out_acc: Vec::new(),
             out: Vec::new(),
-            online: Vec::new(),
             group_capacity: 0,
             shown_logits: Vec::new(),
             shown_weights: Vec::new(),
@@ -328,7 +327,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         self.shown = None;
         self.out_acc = try_vec(group * d, T::Acc::zero())?;
         self.out = try_vec(group * d, T::default())?;
-        self.online = try_vec(group, crate::kernels::OnlineSoftmax::new())?;
         self.group_capacity = group;
         Ok(())
     }

@@ -13,6 +13,7 @@ use crate::element::Accumulator;
 use crate::error::{Error, Result};
 use crate::policy::{Candidate, EvictionPolicy, check_budget};
 
+mod derive;
 mod prefill;
 mod slots;
 mod tokens;
