@@ -49,7 +49,7 @@
 //! | `order` | [`StepOrder`] |
 //! | `kv_cache` | the [`KvCache`] trait |
 //! | [`snapshot`] | the byte format of [`Cache::snapshot`] and [`LayerCache::snapshot`] |
-//! | `trace` | [`Trace`]: an opt-in record of kept and evicted positions and scores, step by step |
+//! | `trace` | [`Trace`]: an opt-in record of kept and evicted positions and scores, step by step, and its SVG eviction map |
 //! | `error` | [`Error`] |
 //!
 //! # Example: a decode step
