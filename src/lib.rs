@@ -126,6 +126,7 @@ mod cache;
 pub mod compress;
 mod element;
 mod error;
+mod head_budgets;
 pub mod kernels;
 mod kv_cache;
 mod layer;

@@ -207,7 +207,9 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
         self.layers
     }
 
-    /// Each layer's budget per KV head, layer 0 first.
+    /// Each layer's budget per KV head, layer 0 first (for a layer whose
+    /// heads have different budgets, its largest; see
+    /// [`LayerCache::budget`]).
     pub fn budgets(&self) -> impl Iterator<Item = usize> + '_ {
         self.layers.iter().map(LayerCache::budget)
     }
