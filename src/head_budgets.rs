@@ -92,7 +92,7 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     ///
     /// # Example
     /// ```
-    /// use h2o_kv::{AdaKv, Full, Heavy, LayerCache};
+    /// use h2o_kv::{AdaKv, Full, Heavy, KvCache, LayerCache};
     ///
     /// // A 16-token prompt through a full layer of 2 KV heads.
     /// let (p, d) = (16, 4);

@@ -180,7 +180,7 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     ///
     /// # Example
     /// ```
-    /// use h2o_kv::{H2O, LayerCache};
+    /// use h2o_kv::{H2O, KvCache, LayerCache};
     ///
     /// // 4 query heads on 2 KV heads: head 0 keeps 2 + 2 tokens, head 1 6 + 6.
     /// let policies = [H2O::new(2, 2)?, H2O::new(6, 6)?];
