@@ -290,7 +290,7 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     }
 
     /// Mutable access to the heads, for snapshot restore (crate-internal:
-    /// callers must keep every head's token count and positions in step).
+    /// callers must keep every head's next position in step).
     pub(crate) fn heads_mut(&mut self) -> &mut [Cache<T, P>] {
         &mut self.heads
     }

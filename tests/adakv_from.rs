@@ -6,8 +6,8 @@ mod common;
 
 use common::Rng;
 use h2o_kv::{
-    AdaKv, Error, EvictionPolicy, Full, H2O, Heavy, KvCache, LayerCache, ModelCache, Recent,
-    StepOrder,
+    AdaKv, AnyPolicy, Error, EvictionPolicy, Full, H2O, Heavy, KvCache, LayerCache, ModelCache,
+    PolicyKind, Recent, StepOrder,
 };
 
 const N_HEADS: usize = 8;
@@ -354,6 +354,27 @@ fn equal_head_policies_are_the_plain_constructor() {
     }
     assert_eq!(a.snapshot(), b.snapshot());
     assert_eq!((a.budget(), a.total_budget(), a.len()), (5, 5 * N_KV, 5));
+}
+
+#[test]
+fn the_derived_layer_keeps_the_source_scale_and_takes_any_policy() {
+    let mut rng = Rng::new(47);
+    let p = 12;
+    let (q, k): (Vec<f32>, Vec<f32>) = (rng.vec(p * N_HEADS * D), rng.vec(p * N_KV * D));
+    let mut full =
+        LayerCache::new(N_HEADS, N_KV, D, Full::new(p).unwrap()).unwrap().with_scale(0.25).unwrap();
+    full.prefill(&q, &k, &k, &mut vec![0.0; p * N_HEADS * D]).unwrap();
+    let ada = AdaKv::new(0.5).unwrap();
+    let layer = LayerCache::<f32, AnyPolicy>::adakv_from(&full, &ada, 16, |b| {
+        PolicyKind::H2O.with_budget(b, 0.5)
+    })
+    .unwrap();
+    assert!(layer.heads().iter().all(|h| h.scale() == 0.25));
+    assert_eq!(layer.total_budget(), 16);
+    // The same budgets under a typed policy keep the same tokens.
+    let typed =
+        LayerCache::adakv_from(&full, &ada, 16, |b| H2O::with_heavy_fraction(b, 0.5)).unwrap();
+    assert_eq!(positions(&layer), positions(&typed));
 }
 
 #[test]
