@@ -223,6 +223,28 @@ impl<'m> Decoder<'m> {
         }
     }
 
+    /// A decoder on the same model whose caches `derive` builds from this
+    /// one's, stepping in the same order: for example
+    /// [`ModelCache::prefill_from`] or [`ModelCache::adakv_from`] on a full
+    /// cache that took a prompt, so that each bounded cache starts from the
+    /// prompt its own prefill would have kept.
+    ///
+    /// # Errors
+    /// [`Error::Cache`](crate::error::Error::Cache) from `derive`, or
+    /// [`h2o_kv::Error::PrefillSource`] for a decoder on the plain arrays.
+    pub fn derive(
+        &self,
+        derive: impl FnOnce(&ModelCache<f32, AnyPolicy>) -> h2o_kv::Result<ModelCache<f32, AnyPolicy>>,
+    ) -> Result<Self> {
+        let Kv::Caches(cache, order) = &self.kv else {
+            return Err(h2o_kv::Error::PrefillSource {
+                reason: "the plain arrays are not a cache",
+            }
+            .into());
+        };
+        Ok(Self::with_kv(self.model, Kv::Caches(derive(cache)?, *order)))
+    }
+
     /// Whether this decoder can go past the model's `seq_len`: its caches
     /// evict, so they never hold more than their budget. The full cache and
     /// the plain arrays hold every position and stop at `seq_len`.

@@ -18,6 +18,7 @@
 //! | [`forward`] | the forward pass, one token per call, and its K/V store |
 //! | [`generate`] | sampling and `run.c`'s generation loop |
 //! | [`eval`] | the teacher-forced comparison of policies and budgets |
+//! | [`prompt_eval`] | prompt-then-continue: Ada-KV's per-head budgets against equal heads |
 //! | [`policy`] | policy names and budgets in tokens |
 //! | [`files`] | where the model, tokenizer and data files are looked up |
 //! | [`error`] | the one error type |
@@ -30,4 +31,5 @@ pub mod forward;
 pub mod generate;
 pub mod model;
 pub mod policy;
+pub mod prompt_eval;
 pub mod tokenizer;
