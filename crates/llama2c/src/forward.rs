@@ -230,7 +230,7 @@ impl<'m> Decoder<'m> {
     /// prompt its own prefill would have kept.
     ///
     /// # Errors
-    /// [`Error::Cache`](crate::error::Error::Cache) from `derive`, or
+    /// [`Error::Cache`] from `derive`, or
     /// [`h2o_kv::Error::PrefillSource`] for a decoder on the plain arrays.
     pub fn derive(
         &self,
