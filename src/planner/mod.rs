@@ -311,13 +311,21 @@ impl<P: EvictionPolicy> Planner<P> {
     /// rows are ignored.
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`] unless `weights.len() == group · span()`
-    /// with `group ≥ 1`; [`Error::InvalidWeight`] for a weight that is
-    /// negative or not finite. Nothing changes on an error.
+    /// [`Error::InvalidParameter`] if `group == 0`;
+    /// [`Error::LengthMismatch`] unless `weights.len() == group · span()`;
+    /// [`Error::InvalidWeight`] for a weight that is negative or not finite.
+    /// Nothing changes on an error.
     pub fn add_weights<A: Accumulator>(&mut self, weights: &[A], group: usize) -> Result<()> {
+        if group == 0 {
+            return Err(Error::InvalidParameter {
+                what: "group",
+                value: 0.0,
+                expected: "at least one query head per KV head",
+            });
+        }
         let span = self.span();
-        let expected = group.max(1).saturating_mul(span);
-        if weights.len() != expected || group == 0 {
+        let expected = group.saturating_mul(span);
+        if weights.len() != expected {
             return Err(Error::LengthMismatch { what: "weights", expected, got: weights.len() });
         }
         if let Some(index) = weights.iter().position(|w| !(w.is_finite() && *w >= A::zero())) {
