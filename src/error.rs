@@ -177,6 +177,22 @@ pub enum Error {
         /// Which condition failed.
         reason: &'static str,
     },
+    /// Two caches that must have the same shape do not: a fork
+    /// (`copy_from`) or a beam reorder between caches whose layers, heads,
+    /// `head_dim`, softmax scale or policies differ.
+    #[error("the caches differ in {what}; a copy needs the same shape")]
+    ShapeMismatch {
+        /// What differs (`"policy"`, `"head_dim"`, `"layers"`, ...).
+        what: &'static str,
+    },
+    /// `truncate(n)` cannot drop the last `n` tokens.
+    #[error("cannot truncate the last {n} tokens: {reason}")]
+    CannotTruncate {
+        /// Tokens asked to drop.
+        n: usize,
+        /// Why not.
+        reason: &'static str,
+    },
 }
 
 /// Why [`Cache::from_snapshot`](crate::Cache::from_snapshot) or

@@ -11,7 +11,7 @@ use crate::planner::Tokens;
 ///
 /// Object-safe: a harness can hold `Box<dyn KvCache<f32>>` and loop over
 /// policies. Every implementation in this crate is a
-/// [`Cache`](crate::Cache) with one of the four policies.
+/// [`Cache`](crate::Cache) with any of the eight policies.
 ///
 /// # Step orders
 /// [`step`](Self::step) is the default order (what the H2O authors'

@@ -10,7 +10,10 @@ use crate::order::StepOrder;
 use crate::planner::{EvictFirst, Staged, try_vec};
 use crate::policy::EvictionPolicy;
 
-/// A layer's KV cache: one [`Cache`] per KV head, all under the same policy.
+/// A layer's KV cache: one [`Cache`] per KV head, all under the same policy
+/// ([`new`](Self::new)) or one policy per KV head
+/// ([`with_head_policies`](Self::with_head_policies), e.g. Ada-KV's
+/// head-adaptive budgets from [`adakv_from`](Self::adakv_from)).
 ///
 /// With `n_heads = g · n_kv_heads` (grouped-query attention; `g = 1` is plain
 /// multi-head attention, `n_kv_heads = 1` multi-query), query heads
@@ -31,6 +34,18 @@ use crate::policy::EvictionPolicy;
 ///
 /// Every call checks all heads before it changes any: an `Err` leaves the
 /// whole layer as it was.
+///
+/// # Unequal heads
+/// With one policy per head the heads may keep different numbers of tokens.
+/// Every head still takes every token (one position counter, so
+/// [`next_position`](Self::next_position), the turn rule of a
+/// [`ModelCache`](crate::ModelCache) and [`truncate`](Self::truncate) work
+/// as for equal heads); [`budget`](Self::budget) and [`len`](Self::len) are
+/// the **largest** head's (what sizes a per-head buffer), and
+/// [`head_budgets`](Self::head_budgets) / [`total_budget`](Self::total_budget)
+/// give each head's and the sum. [`kv_bytes`](Self::kv_bytes), snapshots,
+/// [`copy_from`](Self::copy_from) (which requires the same policy head by
+/// head) and [`prefill_from`](Self::prefill_from) are per head throughout.
 ///
 /// With the `rayon` feature, `step`, `step_with` and `attend` compute the KV
 /// heads in parallel on the current rayon pool (call them inside
@@ -153,9 +168,71 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
             .try_reserve_exact(n_kv_heads)
             .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
         heads.resize(n_kv_heads, head);
+        Self::from_heads(n_heads, head_dim, out_len, heads)
+    }
+
+    /// A layer of one KV head of `head_dim` per policy in `policies` (so
+    /// `n_kv_heads` is their number), head 0 first, serving `n_heads` query
+    /// heads. Softmax scale `1/√head_dim`. The heads may have different
+    /// budgets and even different policies of the same type (see
+    /// [Unequal heads](Self#unequal-heads)); equal policies give the same
+    /// layer as [`new`](Self::new).
+    ///
+    /// # Example
+    /// ```
+    /// use h2o_kv::{H2O, KvCache, LayerCache};
+    ///
+    /// // 4 query heads on 2 KV heads: head 0 keeps 2 + 2 tokens, head 1 6 + 6.
+    /// let policies = [H2O::new(2, 2)?, H2O::new(6, 6)?];
+    /// let mut layer = LayerCache::<f32, _>::with_head_policies(4, 8, policies)?;
+    /// for t in 0..20 {
+    ///     layer.step(&[0.1 * t as f32; 4 * 8], &[0.2; 2 * 8], &[0.3; 2 * 8])?;
+    /// }
+    /// assert_eq!(layer.head_budgets().collect::<Vec<_>>(), [4, 12]);
+    /// assert_eq!((layer.budget(), layer.total_budget(), layer.len()), (12, 16, 12));
+    /// assert_eq!(layer.heads()[0].len(), 4);
+    /// # Ok::<(), h2o_kv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidHeadCounts`] for no policies or unless `n_heads` is a
+    /// positive multiple of their number; otherwise as [`Cache::with_policy`]
+    /// for each head. No panic.
+    pub fn with_head_policies(
+        n_heads: usize,
+        head_dim: usize,
+        policies: impl IntoIterator<Item = P>,
+    ) -> Result<Self> {
+        let policies = policies.into_iter();
+        let mut heads = Vec::new();
+        heads
+            .try_reserve_exact(policies.size_hint().0)
+            .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
+        for policy in policies {
+            heads.push(Cache::with_policy(head_dim, policy)?);
+        }
+        let n_kv_heads = heads.len();
+        if n_kv_heads == 0 || n_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::InvalidHeadCounts { n_heads, n_kv_heads });
+        }
+        for head in &mut heads {
+            head.reserve_group(n_heads / n_kv_heads)?;
+        }
+        let out_len =
+            n_heads.checked_mul(head_dim).ok_or(Error::AllocationFailed { bytes: usize::MAX })?;
+        Self::from_heads(n_heads, head_dim, out_len, heads)
+    }
+
+    /// A layer of checked, built heads: adds the output and pending room.
+    fn from_heads(
+        n_heads: usize,
+        head_dim: usize,
+        out_len: usize,
+        heads: Vec<Cache<T, P>>,
+    ) -> Result<Self> {
         let mut pending = Vec::new();
         pending
-            .try_reserve_exact(n_kv_heads)
+            .try_reserve_exact(heads.len())
             .map_err(|_| Error::AllocationFailed { bytes: usize::MAX })?;
         Ok(Self {
             heads,
@@ -213,15 +290,16 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     }
 
     /// Mutable access to the heads, for snapshot restore (crate-internal:
-    /// callers must keep every head's token count and positions in step).
+    /// callers must keep every head's next position in step).
     pub(crate) fn heads_mut(&mut self) -> &mut [Cache<T, P>] {
         &mut self.heads
     }
 
-    /// Tokens resident per KV head (the same for every head).
+    /// Tokens resident per KV head: the largest head's count (every head's,
+    /// when all heads share one policy).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.heads[0].len()
+        self.heads.iter().map(KvCache::len).max().unwrap_or(0)
     }
 
     /// Whether no token is resident.
@@ -230,10 +308,23 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
         self.len() == 0
     }
 
-    /// Tokens kept per KV head after each eviction.
+    /// Tokens kept per KV head after each eviction: the largest head's
+    /// budget (every head's, when all heads share one policy).
     #[must_use]
     pub fn budget(&self) -> usize {
-        self.heads[0].budget()
+        self.head_budgets().max().unwrap_or(0)
+    }
+
+    /// Each KV head's budget, head 0 first.
+    pub fn head_budgets(&self) -> impl ExactSizeIterator<Item = usize> + '_ {
+        self.heads.iter().map(KvCache::budget)
+    }
+
+    /// The sum of the KV heads' budgets: the most tokens the layer keeps
+    /// over all its heads after an eviction.
+    #[must_use]
+    pub fn total_budget(&self) -> usize {
+        self.head_budgets().sum()
     }
 
     /// The position the next inserted token gets.
@@ -251,6 +342,71 @@ impl<T: Element, P: EvictionPolicy> LayerCache<T, P> {
     /// Forgets every token in every head; positions restart at 0.
     pub fn reset(&mut self) {
         self.heads.iter_mut().for_each(KvCache::reset);
+    }
+
+    /// Checks that [`copy_from`](Self::copy_from) can copy `src` into this
+    /// layer: the same query and KV head counts, and every head as
+    /// [`Cache::check_copy`] requires. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming what differs.
+    pub fn check_copy(&self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        if self.n_heads != src.n_heads {
+            return Err(Error::ShapeMismatch { what: "n_heads" });
+        }
+        if self.heads.len() != src.heads.len() {
+            return Err(Error::ShapeMismatch { what: "n_kv_heads" });
+        }
+        self.heads.iter().zip(&src.heads).try_for_each(|(a, b)| a.check_copy(b))
+    }
+
+    /// Makes this layer an exact copy of `src` without allocating (a fork,
+    /// for beam search): every KV head copies its own state (see
+    /// [`Cache::copy_from`]). O(`n_kv_heads · span · head_dim`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] (see [`check_copy`](Self::check_copy)),
+    /// checked for every head before any changes.
+    pub fn copy_from(&mut self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        self.check_copy(src)?;
+        self.copy_checked(src);
+        Ok(())
+    }
+
+    /// [`copy_from`](Self::copy_from) after [`check_copy`](Self::check_copy).
+    pub(crate) fn copy_checked(&mut self, src: &Self) {
+        for (a, b) in self.heads.iter_mut().zip(&src.heads) {
+            a.copy_checked(b);
+        }
+        self.out.copy_from_slice(&src.out);
+    }
+
+    /// Checks that [`truncate`](Self::truncate) can drop the last `n`
+    /// tokens from every head. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`] as [`Planner::truncate`](crate::Planner::truncate)
+    /// for any head.
+    pub fn check_truncate(&self, n: usize) -> Result<()> {
+        self.heads.iter().try_for_each(|h| h.planner().check_truncate(n))
+    }
+
+    /// Drops the last `n` inserted tokens from every KV head (speculative
+    /// decoding's rejected drafts); they must be resident in every head. See
+    /// [`Cache::truncate`] for what is and is not rolled back.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`], checked for every head before any changes.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.check_truncate(n)?;
+        self.heads.iter_mut().for_each(|h| h.truncate_checked(n));
+        Ok(())
     }
 
     fn check_query(&self, query: &[T]) -> Result<()> {

@@ -10,6 +10,7 @@ use crate::compress::{LayerSchedule, SnapKv};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::layer::LayerCache;
+use crate::order::StepOrder;
 use crate::policy::EvictionPolicy;
 
 /// All layers of one sequence: one [`LayerCache`] per layer, fed in turn.
@@ -170,7 +171,45 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
         &self.layers
     }
 
-    /// Each layer's budget per KV head, layer 0 first.
+    /// Layer `l` for a call that adds `tokens` tokens to it now (a decode
+    /// step: 1; a prefill: the prompt length), checked against the turn
+    /// rule: for adapters that drive a layer through their own wrapper (a
+    /// tensor adapter calling [`LayerCache::step`] or
+    /// [`LayerCache::prefill`]). The caller must add exactly `tokens` tokens
+    /// through the returned layer; any other change (a reset, a different
+    /// count) makes the following calls [`Error::OutOfTurn`] until
+    /// [`reset`](Self::reset), so a misuse cannot go unnoticed, but it is
+    /// the caller's to avoid.
+    ///
+    /// # Example
+    /// ```
+    /// use h2o_kv::{Full, ModelCache};
+    ///
+    /// let mut model = ModelCache::<f32, _>::new(2, 2, 1, 4, Full::new(8)?)?;
+    /// for l in 0..2 {
+    ///     model.layer_in_turn(l, 1)?.step(&[0.5; 8], &[0.25; 4], &[1.0; 4])?;
+    /// }
+    /// assert_eq!(model.position(), 1);
+    /// assert!(model.layer_in_turn(1, 1).is_err()); // layer 0 goes first
+    /// # Ok::<(), h2o_kv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::OutOfTurn`] if layer `l` may not take `tokens` tokens now.
+    pub fn layer_in_turn(&mut self, l: usize, tokens: usize) -> Result<&mut LayerCache<T, P>> {
+        self.check_turn(l, tokens)?;
+        Ok(&mut self.layers[l])
+    }
+
+    /// The layers, layer 0 first (the inverse of [`from_layers`](Self::from_layers)).
+    #[must_use]
+    pub fn into_layers(self) -> Vec<LayerCache<T, P>> {
+        self.layers
+    }
+
+    /// Each layer's budget per KV head, layer 0 first (for a layer whose
+    /// heads have different budgets, its largest; see
+    /// [`LayerCache::budget`]).
     pub fn budgets(&self) -> impl Iterator<Item = usize> + '_ {
         self.layers.iter().map(LayerCache::budget)
     }
@@ -191,6 +230,122 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
     /// Forgets every token in every layer; positions restart at 0.
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(LayerCache::reset);
+    }
+
+    /// Checks that [`copy_from`](Self::copy_from) can copy `src` into this
+    /// cache: the same number of layers and every layer as
+    /// [`LayerCache::check_copy`] requires (heads, `head_dim`, scale,
+    /// policy). Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming what differs.
+    pub fn check_copy(&self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        if self.layers.len() != src.layers.len() {
+            return Err(Error::ShapeMismatch { what: "layers" });
+        }
+        self.layers.iter().zip(&src.layers).try_for_each(|(a, b)| a.check_copy(b))
+    }
+
+    /// Makes this cache an exact copy of `src`'s sequence without allocating:
+    /// the fork of beam search, into a cache built beforehand with the same
+    /// shape (a [`clone`](Clone::clone) of any beam, once, at start-up).
+    /// Every layer copies its own state (see [`LayerCache::copy_from`]); from
+    /// here on both caches give bit-identical outputs and decisions for the
+    /// same inputs. O(`layers · n_kv_heads · span · head_dim`).
+    ///
+    /// # Example
+    /// ```
+    /// use h2o_kv::{H2O, ModelCache};
+    ///
+    /// let mut beam = ModelCache::<f32, _>::new(2, 2, 1, 4, H2O::new(2, 2)?)?;
+    /// let mut spare = beam.clone(); // allocated once, before decoding
+    /// for layer in 0..2 {
+    ///     beam.step(layer, &[0.5; 8], &[0.25; 4], &[1.0; 4])?;
+    /// }
+    /// spare.copy_from(&beam)?; // no allocation
+    /// assert_eq!(spare.position(), 1);
+    /// # Ok::<(), h2o_kv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] (see [`check_copy`](Self::check_copy)),
+    /// checked for every layer before any changes.
+    pub fn copy_from(&mut self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        self.check_copy(src)?;
+        self.copy_checked(src);
+        Ok(())
+    }
+
+    /// [`copy_from`](Self::copy_from) after [`check_copy`](Self::check_copy).
+    pub(crate) fn copy_checked(&mut self, src: &Self) {
+        for (a, b) in self.layers.iter_mut().zip(&src.layers) {
+            a.copy_checked(b);
+        }
+    }
+
+    /// Checks that [`truncate`](Self::truncate) can drop the last `n`
+    /// tokens. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::OutOfTurn`] if a token has gone through some layers but not
+    /// all; [`Error::CannotTruncate`] as [`LayerCache::truncate`] for any
+    /// layer.
+    pub fn check_truncate(&self, n: usize) -> Result<()> {
+        let position = self.position();
+        if let Some(l) = self.layers.iter().position(|l| l.next_position() != position) {
+            return Err(Error::OutOfTurn {
+                layer: l,
+                reason: "a token has not gone through every layer; finish it before truncating",
+            });
+        }
+        self.layers.iter().try_for_each(|l| l.check_truncate(n))
+    }
+
+    /// Drops the last `n` tokens of the sequence from every layer and head
+    /// (speculative decoding: the rejected drafts); they must still be
+    /// resident everywhere. [`position`](Self::position) goes back by `n`,
+    /// so the next token reuses the first dropped position.
+    ///
+    /// Rolled back exactly: the resident set, the slots, the recent windows
+    /// and the positions, so outputs of later steps are bit-identical to a
+    /// cache that never saw the drafts. Not rolled back: the attention the
+    /// dropped tokens' queries paid to older tokens stays in their
+    /// accumulated scores, last weights and attention counts, and tokens
+    /// evicted during the drafts stay evicted (see
+    /// [`Planner::truncate`](crate::Planner::truncate)). The last step's
+    /// inspection data ([`Cache::last_attention`](crate::Cache::last_attention),
+    /// last evictions) is cleared. Allocates nothing.
+    ///
+    /// # Example
+    /// ```
+    /// use h2o_kv::{Full, ModelCache};
+    ///
+    /// let mut model = ModelCache::<f32, _>::new(2, 2, 1, 4, Full::new(64)?)?;
+    /// for t in 0..5 {
+    ///     for layer in 0..2 {
+    ///         model.step(layer, &[0.1 * t as f32; 8], &[0.5; 4], &[1.0; 4])?;
+    ///     }
+    /// }
+    /// model.truncate(2)?; // tokens 3 and 4 were rejected drafts
+    /// assert_eq!(model.position(), 3);
+    /// assert!(model.truncate(4).is_err()); // only 3 tokens left
+    /// # Ok::<(), h2o_kv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`check_truncate`](Self::check_truncate); nothing changes then.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.check_truncate(n)?;
+        for layer in &mut self.layers {
+            layer.truncate(n)?;
+        }
+        Ok(())
     }
 
     /// Checks that layer `l` may take `m` more tokens now.
@@ -225,8 +380,25 @@ impl<T: Element, P: EvictionPolicy> ModelCache<T, P> {
     /// [`Error::OutOfTurn`] (see the turn rule); otherwise as
     /// [`LayerCache::step`]. Nothing changes on error.
     pub fn step(&mut self, l: usize, query: &[T], key: &[T], value: &[T]) -> Result<&[T]> {
+        self.step_with(l, StepOrder::InsertAttendEvict, query, key, value)
+    }
+
+    /// One decode step of layer `l` in `order` (see [`StepOrder`] and
+    /// [`LayerCache::step_with`]); shapes as [`step`](Self::step).
+    ///
+    /// # Errors
+    /// [`Error::OutOfTurn`] (see the turn rule); otherwise as
+    /// [`LayerCache::step`]. Nothing changes on error.
+    pub fn step_with(
+        &mut self,
+        l: usize,
+        order: StepOrder,
+        query: &[T],
+        key: &[T],
+        value: &[T],
+    ) -> Result<&[T]> {
         self.check_turn(l, 1)?;
-        self.layers[l].step(query, key, value)
+        self.layers[l].step_with(order, query, key, value)
     }
 
     /// A prefill of `P` tokens on layer `l` (see [`LayerCache::prefill`]).
@@ -343,6 +515,26 @@ mod tests {
         m.step(2, &q, &kv, &kv).unwrap();
         assert_eq!(m.position(), 1);
         assert_eq!(m.layers()[1].heads()[0].resident_positions(), [0]);
+    }
+
+    #[test]
+    fn layers_in_turn_for_adapters() {
+        let mut m = model();
+        let (q, kv) = ([0.5; 4], [0.25; 2]);
+        // A prefill of 3 through layer 0, then layer 1 must take 3, not 1.
+        let (pq, pkv, mut out) = ([0.5; 12], [0.25; 6], [0.0; 12]);
+        m.layer_in_turn(0, 3).unwrap().prefill(&pq, &pkv, &pkv, &mut out).unwrap();
+        assert!(matches!(m.layer_in_turn(1, 1), Err(Error::OutOfTurn { layer: 1, .. })));
+        assert!(matches!(m.layer_in_turn(0, 1), Err(Error::OutOfTurn { layer: 0, .. })));
+        assert!(matches!(m.layer_in_turn(3, 1), Err(Error::OutOfTurn { layer: 3, .. })));
+        for l in 1..3 {
+            m.layer_in_turn(l, 3).unwrap().prefill(&pq, &pkv, &pkv, &mut out).unwrap();
+        }
+        assert_eq!(m.position(), 3);
+        m.layer_in_turn(0, 1).unwrap().step(&q, &kv, &kv).unwrap();
+        // Caught between layers: the layers round-trip through from_layers.
+        let back = ModelCache::from_layers(m.clone().into_layers()).unwrap();
+        assert_eq!((back.position(), back.layers()[0].next_position()), (3, 4));
     }
 
     #[test]

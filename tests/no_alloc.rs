@@ -5,8 +5,10 @@
 //! allocations made by many decode calls, which must be zero. Covered:
 //! `step`, `step_with(AttendInsertEvict)`, `insert`/`attend`/`evict` for every policy
 //! and element type, through `Cache`, `AnyPolicy` and `Box<dyn KvCache>`, and
-//! the same calls on `LayerCache` (GQA and plain multi-head with many heads).
-//! A failed call must not allocate either.
+//! the same calls on `LayerCache` (GQA and plain multi-head with many heads),
+//! and beam search on `ModelCache`: a fork (`copy_from`) into a preallocated
+//! cache, `reorder` with a `BeamScratch`, and speculative decoding's
+//! `truncate`. A failed call must not allocate either.
 //!
 //! Runs without the test harness (`harness = false`): the counter is global,
 //! so no other thread may allocate while a region is measured.
@@ -17,7 +19,8 @@ mod common;
 use common::Rng;
 
 use h2o_kv::{
-    AnyPolicy, Cache, Element, EvictionPolicy, Full, H2O, Heavy, KvCache, LayerCache, Recent,
+    AnyPolicy, BeamScratch, Cache, Element, EvictionPolicy, Full, H2O, Heavy, KvCache, LayerCache,
+    ModelCache, Recent, SinkWindow,
 };
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
@@ -147,6 +150,51 @@ fn check_layer<T: Element>(label: &str, n_heads: usize, n_kv_heads: usize) {
     assert_eq!(layer.len(), 16);
 }
 
+/// Beam search over whole-model caches: every step forks, reorders and
+/// truncates, past the budget so evictions happen, and allocates nothing.
+fn check_beams<T: Element>(label: &str, policy: AnyPolicy) {
+    let (layers, n_heads, n_kv, d, beams) = (3, 8, 2, 16, 4);
+    let (qw, kw) = (n_heads * d, n_kv * d);
+    let (q, k, v) = (rows::<T>(STEPS * qw, 7), rows::<T>(STEPS * kw, 8), rows::<T>(STEPS * kw, 9));
+    let one = ModelCache::<T, AnyPolicy>::new(layers, n_heads, n_kv, d, policy).unwrap();
+    let mut beams: Vec<_> = (0..beams).map(|_| one.clone()).collect();
+    let mut spare = one.clone();
+    let mut scratch = BeamScratch::new(beams.len());
+    let step = |m: &mut ModelCache<T, AnyPolicy>, i: usize| {
+        let i = i % STEPS;
+        for l in 0..layers {
+            m.step(l, &q[i * qw..][..qw], &k[i * kw..][..kw], &v[i * kw..][..kw]).unwrap();
+        }
+    };
+    // Warm up: one of each call.
+    for (b, beam) in beams.iter_mut().enumerate() {
+        step(beam, b);
+    }
+    spare.copy_from(&beams[0]).unwrap();
+    ModelCache::reorder(&mut beams, &[0, 0, 1, 2], &mut scratch).unwrap();
+    let orders = [[0, 0, 1, 2], [3, 2, 1, 0], [1, 1, 1, 1], [2, 3, 2, 0]];
+    let label = format!("{label} {}", policy.name());
+    assert_no_alloc(&format!("{label} beam search: fork, reorder, truncate"), || {
+        for i in 0..STEPS {
+            for (b, beam) in beams.iter_mut().enumerate() {
+                step(beam, i + b);
+            }
+            spare.copy_from(&beams[i % 4]).unwrap();
+            ModelCache::reorder(&mut beams, &orders[i % 4], &mut scratch).unwrap();
+            // Two drafts, one rejected.
+            step(&mut spare, i);
+            step(&mut spare, i + 1);
+            spare.truncate(1).unwrap();
+        }
+    });
+    let other = ModelCache::<T, AnyPolicy>::new(2, n_heads, n_kv, d, policy).unwrap();
+    assert_no_alloc(&format!("{label} failed fork, reorder, truncate"), || {
+        assert!(spare.copy_from(&other).is_err());
+        assert!(ModelCache::reorder(&mut beams, &[0, 4, 1, 2], &mut scratch).is_err());
+        assert!(spare.truncate(usize::MAX).is_err());
+    });
+}
+
 fn main() {
     // The counter must see allocations, or a zero below proves nothing.
     let region = Region::new(GLOBAL);
@@ -165,6 +213,9 @@ fn main() {
         check_layer::<f32>("layer f32", 32, 8);
         check_layer::<f32>("layer f32", 32, 32);
         check_layer::<f64>("layer f64", 4, 1);
+        check_beams::<f32>("model f32", H2O::new(10, 6).unwrap().into());
+        check_beams::<f32>("model f32", SinkWindow::new(4, 8).unwrap().into());
+        check_beams::<f64>("model f64", Recent::new(12).unwrap().into());
     };
     // With `rayon`, a layer runs its heads on the pool it is called from; the
     // crate's own code allocates nothing per step there (the heads' results

@@ -323,7 +323,8 @@ fn wrong_version_kind_and_type_are_errors() {
     ));
 }
 
-/// Offsets in a version-1 single-head snapshot.
+/// Offsets in a single-head snapshot (the same in versions 1 and 2 up to the
+/// end of the token rows).
 const STATES: usize = 20 + 18 + 8 + 8 + 8 + 8 + 8;
 
 #[test]
@@ -488,4 +489,83 @@ fn half_precision_snapshots_round_trip() {
         H2OCache::<f16>::from_snapshot(&b).unwrap_err(),
         Error::Snapshot(SnapshotError::Mismatch { expected: "f16", found: "bf16" })
     );
+}
+
+/// Version 2 keeps each token's last weight and attention count, so TOVA
+/// (ranks by the last weight) and mean score (divides by the count) decide
+/// after a restore exactly as the original; the restored planner holds the
+/// same statistics bit for bit.
+#[test]
+fn tova_and_mean_score_continue_exactly() {
+    use h2o_kv::{MeanScore, Tova};
+    let policies: [AnyPolicy; 2] =
+        [Tova::new(5).unwrap().into(), MeanScore::new(3, 2).unwrap().into()];
+    for policy in policies {
+        let mut rng = Rng::new(21);
+        let mut c = Cache::<f32, AnyPolicy>::with_policy(4, policy).unwrap();
+        for _ in 0..9 {
+            let (q, k, v) = (rng.vec(4), rng.vec(4), rng.vec(4));
+            c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).unwrap();
+        }
+        let mut back = Cache::<f32, AnyPolicy>::from_snapshot(&c.snapshot()).unwrap();
+        let stats = |c: &Cache<f32, AnyPolicy>| -> Vec<(usize, u64, u64, u64, u64)> {
+            c.planner()
+                .residents()
+                .map(|(s, t)| {
+                    (s, t.position, t.score.to_bits(), t.last_weight.to_bits(), t.attended)
+                })
+                .collect()
+        };
+        assert_eq!(stats(&back), stats(&c), "{policy:?}");
+        assert!(stats(&c).iter().any(|s| s.3 != 0 && s.4 != 0));
+        for _ in 0..30 {
+            let (q, k, v) = (rng.vec(4), rng.vec(4), rng.vec(4));
+            let a = c.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).unwrap().to_vec();
+            let b =
+                back.step_with(h2o_kv::StepOrder::AttendInsertEvict, &q, &k, &v).unwrap().to_vec();
+            assert_eq!(bits(&a), bits(&b), "{policy:?}");
+            assert_eq!(c.last_evicted(), back.last_evicted(), "{policy:?}");
+        }
+        assert_eq!(stats(&back), stats(&c));
+    }
+}
+
+/// A version-1 snapshot (no per-token statistics) is still read: the same
+/// tokens, scores and rows, with last weights and counts at 0.
+#[test]
+fn version_1_snapshots_are_still_read() {
+    let mut c = H2OCache::<f32>::new(3, 2, 2).unwrap();
+    let mut rng = Rng::new(11);
+    for _ in 0..12 {
+        random_op(&mut c, &mut rng);
+    }
+    let v2 = c.snapshot();
+    // Rebuild the version-1 bytes: drop the 16 bytes of statistics per
+    // token after the token rows, set the version and the payload length.
+    let hw = u64::from_le_bytes(v2[70..78].try_into().unwrap()) as usize;
+    let tokens = c.len();
+    let rows_end = STATES + hw + tokens * (16 + 2 * 3 * 4);
+    let mut v1 = v2[..rows_end].to_vec();
+    v1.extend_from_slice(&v2[rows_end + 16 * tokens..]);
+    v1[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let payload = (v1.len() - 28) as u64;
+    v1[12..20].copy_from_slice(&payload.to_le_bytes());
+    reseal(&mut v1);
+    let back = H2OCache::<f32>::from_snapshot(&v1).unwrap();
+    let tokens = |c: &H2OCache<f32>| -> Vec<(u64, u64)> {
+        c.tokens().map(|t| (t.position, t.score.to_bits())).collect()
+    };
+    assert_eq!(tokens(&back), tokens(&c));
+    assert!(back.planner().residents().all(|(_, t)| t.last_weight == 0.0 && t.attended == 0));
+    // Written again, it is a version-2 snapshot of the zeroed statistics.
+    let again = back.snapshot();
+    assert_eq!(u16::from_le_bytes([again[8], again[9]]), SNAPSHOT_VERSION);
+    assert_eq!(again.len(), v2.len());
+    // The same H2O decisions from here on (H2O ranks by score only).
+    let (mut a, mut b) = (c, back);
+    for _ in 0..20 {
+        let (q, k, v) = (rng.vec(3), rng.vec(3), rng.vec(3));
+        assert_eq!(bits(a.step(&q, &k, &v).unwrap()), bits(b.step(&q, &k, &v).unwrap()));
+        assert_eq!(a.resident_positions(), b.resident_positions());
+    }
 }

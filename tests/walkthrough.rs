@@ -128,3 +128,29 @@ fn the_example_follows_its_knobs() {
     let scaled = run(report::Knobs { scale: 1.0 / 3f64.sqrt(), step6: false, ..base });
     assert!(scaled.contains("0.577350 · Q·K"), "{scaled}");
 }
+
+/// The example's trace (for `--eviction-map`) records every insert and
+/// eviction: the resident sets the text prints, and an SVG that marks the
+/// heavy hitters and the evicted tokens.
+#[test]
+fn the_example_traces_its_evictions() {
+    let trace = report::run(&report::Knobs::default(), &mut Vec::new()).unwrap();
+    let kept: Vec<Vec<u64>> =
+        trace.steps().iter().map(|s| s.kept.iter().map(|k| k.0).collect()).collect();
+    // 4 inserts, the step-2 eviction (S4), token 5's insert and eviction
+    // (S5), token 6's insert and eviction.
+    assert_eq!(kept.len(), 9);
+    assert_eq!(kept[3], [0, 1, 2, 3]);
+    assert_eq!(
+        (kept[4].as_slice(), trace.steps()[4].evicted.as_slice()),
+        (&[0, 1, 3][..], &[2][..])
+    );
+    assert_eq!(
+        (kept[6].as_slice(), trace.steps()[6].evicted.as_slice()),
+        (&[0, 1, 4][..], &[3][..])
+    );
+    let svg = trace.eviction_map_svg(0, 1, 0, "walkthrough");
+    assert!(svg.starts_with("<svg") && svg.contains("heavy hitter") && svg.contains("evicted"));
+    // Tokens 1 and 2 are heavy hitters from the first eviction on.
+    assert!(svg.matches(r##"fill="#f08c1e""##).count() >= 3);
+}

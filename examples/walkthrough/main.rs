@@ -5,6 +5,7 @@
 //! cargo run --release --example walkthrough
 //! cargo run --release --example walkthrough -- --tie keep-newer
 //! cargo run --release --example walkthrough -- --heavy 1 --recent 2 --scale inv-sqrt-d
+//! cargo run --release --example walkthrough -- --eviction-map walkthrough.svg
 //! ```
 //!
 //! It reproduces the seed's worked example (the document this crate started
@@ -43,6 +44,10 @@ struct Args {
     /// the query its arithmetic actually uses.
     #[arg(long)]
     query_as_printed: bool,
+    /// Also write the eviction map (an SVG: one column per insert or
+    /// eviction, token position up) to this file.
+    #[arg(long, value_name = "FILE")]
+    eviction_map: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -73,8 +78,20 @@ fn main() {
         step6: !args.no_step6,
         query_as_printed: args.query_as_printed,
     };
-    if let Err(e) = report::run(&knobs, &mut std::io::stdout().lock()) {
-        eprintln!("error: {e}");
-        std::process::exit(2);
+    let trace = match report::run(&knobs, &mut std::io::stdout().lock()) {
+        Ok(trace) => trace,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(path) = &args.eviction_map {
+        let title = format!("H2O walkthrough: {} heavy + {} recent", args.heavy, args.recent);
+        let svg = trace.eviction_map_svg(0, args.recent, 0, &title);
+        if let Err(e) = std::fs::write(path, svg) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            std::process::exit(2);
+        }
+        println!("\neviction map written to {}", path.display());
     }
 }

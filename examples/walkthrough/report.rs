@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use h2o_kv::{Cache, H2O, H2OCache, KvCache, TieRule};
+use h2o_kv::{Cache, H2O, H2OCache, KvCache, TieRule, Trace};
 
 /// Keys of the seed's four context tokens (rows = tokens 1..4).
 pub const KEYS: [[f64; 3]; 4] =
@@ -70,12 +70,15 @@ fn value_of(token: usize) -> [f64; 3] {
     v
 }
 
-/// Prints the walkthrough; fails only if writing fails or the knobs are invalid.
-pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error::Error>> {
+/// Prints the walkthrough and returns the cache's trace (one record after
+/// every insert and every eviction, for the eviction map); fails only if
+/// writing fails or the knobs are invalid.
+pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<Trace, Box<dyn std::error::Error>> {
     let policy = H2O::new(knobs.heavy, knobs.recent)?.with_tie_rule(knobs.tie);
     let mut cache: H2OCache<f64> = Cache::with_policy(3, policy)?.with_scale(knobs.scale)?;
     // Last known score of every token ever seen: evicted tokens keep their final value.
     let mut seen: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut trace = Trace::default();
 
     writeln!(
         out,
@@ -115,6 +118,7 @@ pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
     for (i, key) in KEYS.iter().enumerate() {
         if cache.len() == cache.capacity() {
             let gone = cache.evict().to_vec();
+            trace.record(0, cache.planner());
             writeln!(
                 out,
                 "(budget too small for the 4 context tokens: evicted {} before inserting token {})",
@@ -123,6 +127,7 @@ pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
             )?;
         }
         cache.insert(key, &value_of(i))?;
+        trace.record(0, cache.planner());
     }
     matrix(out, "keys K", &["k1", "k2", "k3"], &rows_of(&cache, |p| KEYS[p as usize].to_vec()))?;
     record(&cache, &mut seen);
@@ -136,6 +141,7 @@ pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
     writeln!(out, "\n== Step 2: select under the budget ==")?;
     let before = cache.resident_positions();
     let evicted = cache.evict().to_vec();
+    trace.record(0, cache.planner());
     describe_selection(out, &cache, &before, &evicted, knobs)?;
     writeln!(out, "S4 = {}", set(&cache.resident_positions()))?;
 
@@ -150,10 +156,12 @@ pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
         "\n== Step 4: token 5 enters the cache (K5 = {K5:?}, the example's own choice) =="
     )?;
     cache.insert(&K5, &value_of(4))?;
+    trace.record(0, cache.planner());
     record(&cache, &mut seen);
     let before = cache.resident_positions();
     writeln!(out, "G5 = S4 ∪ {{5}} = {}", set(&before))?;
     let evicted = cache.evict().to_vec();
+    trace.record(0, cache.planner());
     describe_selection(out, &cache, &before, &evicted, knobs)?;
     writeln!(out, "S5 = {}", set(&cache.resident_positions()))?;
 
@@ -168,13 +176,15 @@ pub fn run(knobs: &Knobs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
         acc_table(out, &seen, &cache)?;
         writeln!(out, "token 6 enters the cache; one token must go")?;
         cache.insert(&K6, &value_of(5))?;
+        trace.record(0, cache.planner());
         record(&cache, &mut seen);
         let before = cache.resident_positions();
         let evicted = cache.evict().to_vec();
+        trace.record(0, cache.planner());
         describe_selection(out, &cache, &before, &evicted, knobs)?;
         writeln!(out, "S6 = {}", set(&cache.resident_positions()))?;
     }
-    Ok(())
+    Ok(trace)
 }
 
 fn name(p: u64) -> String {

@@ -18,14 +18,6 @@ use crate::order::StepOrder;
 use crate::planner::{EvictFirst, SlotState, Staged};
 use crate::policy::EvictionPolicy;
 
-/// Key + value bytes from which a decode step uses the one-pass kernel (when
-/// no slot is masked): 2 MiB, twice the L2 cache of one core on the
-/// reference machine (Zen 4, 1 MiB per core). Below it the rows come from
-/// cache, where the two-pass kernels (a little less arithmetic per row)
-/// measured as fast or a little faster; above it the one-pass kernel reads
-/// each row once from memory. See `BENCHMARKS.md`.
-const ONE_PASS_MIN_BYTES: usize = 2 << 20;
-
 /// Which slots an attention covers: the resident tokens, plus a staged
 /// slot, minus tokens the step evicts first.
 #[derive(Debug, Clone, Copy)]
@@ -96,22 +88,16 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         };
         let (keys, values) = (self.rows.keys(rows), self.rows.values(rows));
         let out = &mut self.out_acc[..g * d];
-        if !masked && 2 * size_of_val(keys) >= ONE_PASS_MIN_BYTES {
-            // Every row is live: logits, online softmax and weighted sum in
-            // one pass over the rows; the weights for the scores then come
-            // from the stored logits.
-            let online = &mut self.online[..g];
-            let (logits, scale) = (&mut self.logits, self.scale);
-            kernels::attention_one_pass(
-                out, online, logits, stride, queries, keys, values, d, scale,
-            );
-            attention::softmax_rows(&self.logits, &mut self.weights, stride, g, rows, false, live)?;
-        } else {
-            kernels::scaled_logits(&mut self.logits, stride, queries, keys, d, self.scale);
-            let (logits, weights) = (&self.logits, &mut self.weights);
-            attention::softmax_rows(logits, weights, stride, g, rows, masked, live)?;
-            kernels::weighted_sum(out, &self.weights, stride, values, d);
-        }
+        // Two passes over the rows: logits, then (after the softmax) the
+        // weighted sum of the values. The one-pass kernel
+        // (`kernels::attention_one_pass`) measured 4–22% slower than these at
+        // every size from 64 to 16,384 rows, in cache and from DRAM
+        // (`cargo bench --bench ratios`, see BENCHMARKS.md), so decode steps
+        // do not use it; the prefill does, on tiles of queries.
+        kernels::scaled_logits(&mut self.logits, stride, queries, keys, d, self.scale);
+        let (logits, weights) = (&self.logits, &mut self.weights);
+        attention::softmax_rows(logits, weights, stride, g, rows, masked, live)?;
+        kernels::weighted_sum(out, &self.weights, stride, values, d);
         let out = &self.out_acc[..g * d];
         if out.iter().any(|x| !x.is_finite()) {
             return Err(Error::AttentionOverflow { what: "output" });
@@ -237,11 +223,11 @@ mod tests {
             .collect()
     }
 
-    /// Caches large enough for the one-pass kernel (over 2 MiB of K/V) give
-    /// the f64 softmax attention within rounding, and their scores gain the
-    /// softmax of the logits.
+    /// Caches past the L2 cache (over 2 MiB of K/V) give the f64 softmax
+    /// attention within rounding, and their scores gain the softmax of the
+    /// logits.
     #[test]
-    fn one_pass_steps_match_f64_attention() {
+    fn large_cache_steps_match_f64_attention() {
         let (d, n) = (128, 2200);
         let (k, v, q) = (values(n * d, 1), values(n * d, 2), values(4 * d, 3));
         let mut full = FullCache::<f32>::new(d, n).unwrap();

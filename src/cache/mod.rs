@@ -85,8 +85,6 @@ pub struct Cache<T: Element, P: EvictionPolicy> {
     out_acc: Vec<T::Acc>,
     /// `[group_capacity × head_dim]`: outputs returned to the caller.
     out: Vec<T>,
-    /// `[group_capacity]`: running softmax statistics of the one-pass kernel.
-    online: Vec<crate::kernels::OnlineSoftmax<T::Acc>>,
     /// Queries per attention call the scratch has room for.
     group_capacity: usize,
     /// `[group_capacity × slots]` each: the logits and weights of the last
@@ -135,7 +133,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
             weights: Vec::new(),
             out_acc: Vec::new(),
             out: Vec::new(),
-            online: Vec::new(),
             group_capacity: 0,
             shown_logits: Vec::new(),
             shown_weights: Vec::new(),
@@ -210,6 +207,84 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         })
     }
 
+    // ---- fork and truncate ------------------------------------------------
+
+    /// Checks that [`copy_from`](Self::copy_from) can copy `src` into this
+    /// cache: the same `head_dim`, softmax scale and policy (so the same
+    /// capacity). Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming what differs.
+    pub fn check_copy(&self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        if self.head_dim_() != src.head_dim_() {
+            return Err(Error::ShapeMismatch { what: "head_dim" });
+        }
+        if self.scale != src.scale {
+            return Err(Error::ShapeMismatch { what: "softmax scale" });
+        }
+        self.planner.check_copy(&src.planner)
+    }
+
+    /// Makes this cache an exact copy of `src` without allocating (a fork,
+    /// for beam search): the planner's state (see [`Planner::copy_from`]),
+    /// the key/value rows of slots `0..span()` and what
+    /// [`last_attention`](Self::last_attention) shows. From here on both
+    /// caches give bit-identical outputs and decisions for the same inputs.
+    /// O(`span · head_dim`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] (see [`check_copy`](Self::check_copy));
+    /// nothing changes then.
+    pub fn copy_from(&mut self, src: &Self) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        self.check_copy(src)?;
+        self.copy_checked(src);
+        Ok(())
+    }
+
+    /// [`copy_from`](Self::copy_from) after [`check_copy`](Self::check_copy).
+    pub(crate) fn copy_checked(&mut self, src: &Self) {
+        self.planner.copy_checked(&src.planner);
+        self.rows.copy_from(&src.rows, src.planner.span());
+        // The shown attention covers slots `0..shown` of the first query's row.
+        let shown = src.shown.unwrap_or(0);
+        self.shown_logits[..shown].copy_from_slice(&src.shown_logits[..shown]);
+        self.shown_weights[..shown].copy_from_slice(&src.shown_weights[..shown]);
+        self.shown = src.shown;
+        self.shown_evicted.clear();
+        self.shown_evicted.extend_from_slice(&src.shown_evicted);
+        self.shown_skip = src.shown_skip;
+    }
+
+    /// Drops the last `n` inserted tokens, which must all still be resident
+    /// (speculative decoding's rejected drafts); the next token gets the
+    /// first dropped position. See [`Planner::truncate`] for what is rolled
+    /// back and what is not (the dropped queries' attention stays in the
+    /// older tokens' scores). [`last_attention`](Self::last_attention) and
+    /// [`last_evicted`](KvCache::last_evicted) are cleared. Allocates nothing.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`] if `n` exceeds the tokens inserted or one of
+    /// the last `n` was evicted; nothing changes then.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.planner.check_truncate(n)?;
+        self.truncate_checked(n);
+        Ok(())
+    }
+
+    /// [`truncate`](Self::truncate) after the planner's check.
+    pub(crate) fn truncate_checked(&mut self, n: usize) {
+        self.planner.truncate_checked(n);
+        self.shown = None;
+        self.shown_evicted.clear();
+        self.shown_skip = None;
+    }
+
     // ---- checks (read-only) ----------------------------------------------
 
     pub(crate) fn head_dim_(&self) -> usize {
@@ -252,7 +327,6 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         self.shown = None;
         self.out_acc = try_vec(group * d, T::Acc::zero())?;
         self.out = try_vec(group * d, T::default())?;
-        self.online = try_vec(group, crate::kernels::OnlineSoftmax::new())?;
         self.group_capacity = group;
         Ok(())
     }
@@ -263,13 +337,15 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
     }
 
     /// Rebuilds a fresh cache's state from a snapshot's layout; the
-    /// planner's slot table checks its invariants first. `keys` and `values`
+    /// planner's slot table checks its invariants first. `stats` are the
+    /// tokens' `(last_weight, attended)` (empty: both 0); `keys` and `values`
     /// are `[tokens × head_dim]` in the order of `tokens`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &mut self,
         states: &[SlotState],
         tokens: &[(usize, u64, f64)],
+        stats: &[(f64, u64)],
         keys: &[T],
         values: &[T],
         free: &[usize],
@@ -277,7 +353,7 @@ impl<T: Element, P: EvictionPolicy> Cache<T, P> {
         next_position: u64,
         last_evicted: &[u64],
     ) -> core::result::Result<(), &'static str> {
-        self.planner.restore(states, tokens, free, recent, next_position, last_evicted)?;
+        self.planner.restore(states, tokens, stats, free, recent, next_position, last_evicted)?;
         let d = self.head_dim_();
         for (i, &(s, _, _)) in tokens.iter().enumerate() {
             self.rows.write(s, &keys[i * d..][..d], &values[i * d..][..d]);

@@ -52,6 +52,14 @@ impl<T: Element> Rows<T> {
         &self.values[slot * self.head_dim..][..self.head_dim]
     }
 
+    /// Copies rows `0..rows` of `src` (the same `head_dim`, at least as many
+    /// slots) into this store.
+    pub(super) fn copy_from(&mut self, src: &Rows<T>, rows: usize) {
+        let n = rows * self.head_dim;
+        self.keys[..n].copy_from_slice(&src.keys[..n]);
+        self.values[..n].copy_from_slice(&src.values[..n]);
+    }
+
     /// Copies a key and a value into `slot`'s rows.
     pub(super) fn write(&mut self, slot: usize, key: &[T], value: &[T]) {
         let d = self.head_dim;

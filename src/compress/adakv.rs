@@ -19,6 +19,10 @@
 //! the global picks; a head that spreads its attention wins more. Selecting
 //! each head's `budget[h]` best tokens by the same scores and tie rule gives
 //! exactly the global selection.
+//!
+//! [`LayerCache::adakv_from`](crate::LayerCache::adakv_from) applies the split
+//! inside a cache: one policy per KV head at its budget, on the scores a full
+//! prefill gave the prompt.
 
 use core::cmp::Ordering;
 

@@ -50,17 +50,26 @@ impl<P: EvictionPolicy> Planner<P> {
         if self.next_position != 0 || !self.is_empty() {
             return Err(Error::PrefillSource { reason: "the target has taken tokens (reset it)" });
         }
-        let p = source.next_position();
-        if source.len() as u64 != p {
+        source.check_prefill_source()?;
+        if !self.policy.evicts() {
+            self.check_room(source.len())?;
+        }
+        Ok(())
+    }
+
+    /// Whether this planner can be the source of a
+    /// [`prefill_from`](Self::prefill_from): it took positions `0..P`,
+    /// never evicted, and every token was attended by every later query, so
+    /// each token's score is its prompt column sum. Changes nothing.
+    pub(crate) fn check_prefill_source(&self) -> Result<()> {
+        let p = self.next_position();
+        if self.len() as u64 != p {
             return Err(Error::PrefillSource { reason: "the source has evicted tokens" });
         }
-        if source.residents().any(|(_, t)| t.attended != p - t.position) {
+        if self.residents().any(|(_, t)| t.attended != p - t.position) {
             return Err(Error::PrefillSource {
                 reason: "a source token was not attended by every later query",
             });
-        }
-        if !self.policy.evicts() {
-            self.check_room(source.len())?;
         }
         Ok(())
     }

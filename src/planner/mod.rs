@@ -311,13 +311,21 @@ impl<P: EvictionPolicy> Planner<P> {
     /// rows are ignored.
     ///
     /// # Errors
-    /// [`Error::LengthMismatch`] unless `weights.len() == group · span()`
-    /// with `group ≥ 1`; [`Error::InvalidWeight`] for a weight that is
-    /// negative or not finite. Nothing changes on an error.
+    /// [`Error::InvalidParameter`] if `group == 0`;
+    /// [`Error::LengthMismatch`] unless `weights.len() == group · span()`;
+    /// [`Error::InvalidWeight`] for a weight that is negative or not finite.
+    /// Nothing changes on an error.
     pub fn add_weights<A: Accumulator>(&mut self, weights: &[A], group: usize) -> Result<()> {
+        if group == 0 {
+            return Err(Error::InvalidParameter {
+                what: "group",
+                value: 0.0,
+                expected: "at least one query head per KV head",
+            });
+        }
         let span = self.span();
-        let expected = group.max(1).saturating_mul(span);
-        if weights.len() != expected || group == 0 {
+        let expected = group.saturating_mul(span);
+        if weights.len() != expected {
             return Err(Error::LengthMismatch { what: "weights", expected, got: weights.len() });
         }
         if let Some(index) = weights.iter().position(|w| !(w.is_finite() && *w >= A::zero())) {
@@ -521,13 +529,130 @@ impl<P: EvictionPolicy> Planner<P> {
         self.clear_evicted();
     }
 
+    // ---- fork and truncate ------------------------------------------------
+
+    /// Checks that [`copy_from`](Self::copy_from) can copy `src` into this
+    /// planner: the same policy (compared with `==`) and so the same slot
+    /// count, recent window and sinks. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] naming what differs.
+    pub fn check_copy(&self, src: &Planner<P>) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        if self.policy != src.policy {
+            return Err(Error::ShapeMismatch { what: "policy" });
+        }
+        if !self.slots.same_shape(&src.slots) {
+            return Err(Error::ShapeMismatch { what: "slot table" });
+        }
+        Ok(())
+    }
+
+    /// Makes this planner an exact copy of `src` (a fork, for beam search):
+    /// slot table, positions, scores, last weights, attention counts, the
+    /// next position and the last call's evictions, slot for slot, so both
+    /// make the same decisions from here on. A caller copying its own K/V
+    /// buffers copies rows `0..span()`.
+    ///
+    /// Allocates nothing: every table is copied into this planner's own
+    /// buffers, which have the same sizes. (One exception: a last-evicted
+    /// list longer than two entries, which only a prefill leaves, grows this
+    /// planner's list the first time it is copied.) O(`capacity`).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the policies differ (see
+    /// [`check_copy`](Self::check_copy)); nothing changes then.
+    pub fn copy_from(&mut self, src: &Planner<P>) -> Result<()>
+    where
+        P: PartialEq,
+    {
+        self.check_copy(src)?;
+        self.copy_checked(src);
+        Ok(())
+    }
+
+    /// [`copy_from`](Self::copy_from) after [`check_copy`](Self::check_copy).
+    pub(crate) fn copy_checked(&mut self, src: &Planner<P>) {
+        self.slots.copy_from(&src.slots);
+        self.scores.copy_from_slice(&src.scores);
+        self.last_weights.copy_from_slice(&src.last_weights);
+        self.attended.copy_from_slice(&src.attended);
+        self.next_position = src.next_position;
+        self.evicted.clear();
+        self.evicted.extend_from_slice(&src.evicted);
+        self.evicted_positions.clear();
+        self.evicted_positions.extend_from_slice(&src.evicted_positions);
+    }
+
+    /// Checks that [`truncate`](Self::truncate) can drop the last `n`
+    /// inserted tokens. Changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::CannotTruncate`] if `n` exceeds the tokens ever inserted or
+    /// one of the last `n` is no longer resident.
+    pub fn check_truncate(&self, n: usize) -> Result<()> {
+        let next = self.next_position;
+        if n as u64 > next {
+            return Err(Error::CannotTruncate { n, reason: "more tokens than were ever inserted" });
+        }
+        if self.slots.count_from(next - n as u64) != n {
+            return Err(Error::CannotTruncate {
+                n,
+                reason: "one of the last n tokens was evicted",
+            });
+        }
+        Ok(())
+    }
+
+    /// Drops the last `n` inserted tokens, which must all be resident
+    /// (speculative decoding's rejected drafts): their slots are free again
+    /// and [`next_position`](Self::next_position) goes back by `n`, so the
+    /// next token gets the first dropped position. The recent window again
+    /// holds the newest remaining tokens.
+    ///
+    /// Rolled back exactly: the slots (each dropped token's slot returns to
+    /// where its insertion took it from, so the next insertions reuse the
+    /// same slots), the recent window and the positions.
+    ///
+    /// What is **not** rolled back: the attention the dropped tokens' queries
+    /// paid to older tokens stays in those tokens' accumulated scores, last
+    /// weights and attention counts (the planner keeps no per-step history,
+    /// which would cost `steps × span` memory), and tokens evicted while the
+    /// dropped ones were decoded stay evicted. So decisions after a truncate
+    /// can differ from a cache that never saw the drafts once a score-ranked
+    /// eviction happens, while a policy that ignores scores (sliding window,
+    /// sinks and window) decides exactly as that cache would. The last
+    /// call's evictions are cleared; `n = 0` only clears them.
+    /// O(`n · capacity`); allocates nothing.
+    ///
+    /// # Errors
+    /// As [`check_truncate`](Self::check_truncate); nothing changes then.
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
+        self.check_truncate(n)?;
+        self.truncate_checked(n);
+        Ok(())
+    }
+
+    /// [`truncate`](Self::truncate) after [`check_truncate`](Self::check_truncate).
+    pub(crate) fn truncate_checked(&mut self, n: usize) {
+        let from = self.next_position - n as u64;
+        self.slots.truncate(from, self.next_position);
+        self.next_position = from;
+        self.clear_evicted();
+    }
+
     /// Rebuilds a fresh planner's state from a snapshot's layout (the table
     /// checks its invariants first): `tokens` are `(slot, position, score)`
-    /// in slot order.
+    /// in slot order; `stats` their `(last_weight, attended)` in the same
+    /// order, or empty (an old snapshot: both restart at 0).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn restore(
         &mut self,
         states: &[SlotState],
         tokens: &[(usize, u64, f64)],
+        stats: &[(f64, u64)],
         free: &[usize],
         recent: &[usize],
         next_position: u64,
@@ -535,6 +660,9 @@ impl<P: EvictionPolicy> Planner<P> {
     ) -> core::result::Result<(), &'static str> {
         if tokens.len() > self.capacity() {
             return Err("more tokens than the store holds");
+        }
+        if !stats.is_empty() && stats.len() != tokens.len() {
+            return Err("per-token statistics do not match the tokens");
         }
         let positions: Vec<u64> = tokens.iter().map(|t| t.1).collect();
         let mut sorted = positions.clone();
@@ -547,6 +675,10 @@ impl<P: EvictionPolicy> Planner<P> {
         self.slots.restore(states, &positions, free, recent, next_position)?;
         for &(s, _, score) in tokens {
             self.scores[s] = score;
+        }
+        for (&(s, _, _), &(last, attended)) in tokens.iter().zip(stats) {
+            self.last_weights[s] = last;
+            self.attended[s] = attended;
         }
         self.next_position = next_position;
         self.clear_evicted();

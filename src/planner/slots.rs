@@ -65,6 +65,10 @@ pub(crate) struct SlotTable {
     candidates: Vec<usize>,
     /// `[slots]`: index of each slot in `candidates`, or `NOT_CANDIDATE`.
     candidate_index: Vec<usize>,
+    /// `[slots]`: whether the slot's last occupation raised the high-water
+    /// mark (rather than popping the free stack), so that a truncate can undo
+    /// it exactly.
+    from_mark: Vec<bool>,
 }
 
 /// `candidate_index` entry of a slot that is not a candidate.
@@ -85,6 +89,7 @@ impl SlotTable {
             len: 0,
             candidates: try_with_capacity(slots)?,
             candidate_index: try_vec(slots, NOT_CANDIDATE)?,
+            from_mark: try_vec(slots, false)?,
         })
     }
 
@@ -162,11 +167,13 @@ impl SlotTable {
     /// the token at `position`, outside the recent window.
     pub(crate) fn occupy(&mut self, slot: usize, position: u64) {
         debug_assert_eq!(Some(slot), self.vacant_slot());
-        if slot == self.high_water && self.free.last() != Some(&slot) {
+        let from_mark = slot == self.high_water && self.free.last() != Some(&slot);
+        if from_mark {
             self.high_water += 1;
         } else {
             self.free.pop();
         }
+        self.from_mark[slot] = from_mark;
         self.positions[slot] = position;
         self.set_outside(slot);
         self.len += 1;
@@ -232,6 +239,78 @@ impl SlotTable {
         self.recent.clear();
         self.high_water = 0;
         self.len = 0;
+    }
+
+    /// Whether `other` has the same slot count, recent window and sinks, so
+    /// that [`copy_from`](Self::copy_from) needs no allocation.
+    pub(crate) fn same_shape(&self, other: &SlotTable) -> bool {
+        self.slots() == other.slots() && self.window == other.window && self.sinks == other.sinks
+    }
+
+    /// Makes this table an exact copy of `other`, which has the
+    /// [`same_shape`](Self::same_shape) (checked by the caller). Reuses this
+    /// table's buffers: the free stack and the candidate list have room for
+    /// every slot and the recent ring for the window, so nothing is allocated.
+    pub(crate) fn copy_from(&mut self, other: &SlotTable) {
+        debug_assert!(self.same_shape(other));
+        self.positions.copy_from_slice(&other.positions);
+        self.states.copy_from_slice(&other.states);
+        self.free.clear();
+        self.free.extend_from_slice(&other.free);
+        self.high_water = other.high_water;
+        self.recent.clear();
+        self.recent.extend(other.recent.iter().copied());
+        self.len = other.len;
+        self.candidates.clear();
+        self.candidates.extend_from_slice(&other.candidates);
+        self.candidate_index.copy_from_slice(&other.candidate_index);
+        self.from_mark.copy_from_slice(&other.from_mark);
+    }
+
+    /// Resident tokens at positions `from` and above.
+    pub(crate) fn count_from(&self, from: u64) -> usize {
+        (0..self.high_water)
+            .filter(|&s| self.states[s] != SlotState::Free && self.positions[s] >= from)
+            .count()
+    }
+
+    /// Frees the slots of the tokens at positions `from..next_position`
+    /// (all resident: checked by the caller), newest first, as if their
+    /// insertions had not happened: a slot taken from the high-water mark
+    /// lowers it again, one taken from the free stack goes back on top.
+    /// Then the recent window is refilled with the newest remaining tokens,
+    /// so every invariant holds again. O(`n · slots`) for `n` tokens.
+    pub(crate) fn truncate(&mut self, from: u64, next_position: u64) {
+        for p in (from..next_position).rev() {
+            let Some(slot) = (0..self.high_water)
+                .find(|&s| self.states[s] != SlotState::Free && self.positions[s] == p)
+            else {
+                debug_assert!(false, "truncated position {p} is not resident");
+                continue;
+            };
+            if self.states[slot] == SlotState::Recent {
+                // The newest tokens are at the back of the ring.
+                debug_assert_eq!(self.recent.back(), Some(&slot));
+                self.recent.pop_back();
+            }
+            self.unset_candidate(slot, SlotState::Free);
+            if self.from_mark[slot] && slot + 1 == self.high_water {
+                self.high_water -= 1;
+            } else {
+                self.free.push(slot);
+            }
+            self.len -= 1;
+        }
+        // Tokens that left the window while the dropped ones were inserted
+        // come back into it, newest last.
+        while self.recent.len() < self.window.min(self.len) {
+            let newest_outside = (0..self.high_water)
+                .filter(|&s| matches!(self.states[s], SlotState::Candidate | SlotState::Sink))
+                .max_by_key(|&s| self.positions[s]);
+            let Some(slot) = newest_outside else { break };
+            self.recent.push_front(slot);
+            self.unset_candidate(slot, SlotState::Recent);
+        }
     }
 
     /// Rebuilds a table from a saved layout (a snapshot), checking every
@@ -360,6 +439,7 @@ impl Clone for SlotTable {
             len: self.len,
             candidates,
             candidate_index: self.candidate_index.clone(),
+            from_mark: self.from_mark.clone(),
         }
     }
 }
@@ -477,6 +557,61 @@ mod tests {
         s.reset();
         assert_invariants(&s, 0);
         assert!(s.candidates().is_empty());
+    }
+
+    /// Truncating the newest tokens keeps every invariant, for windows,
+    /// sinks and free slots on the stack, and undoes the insertions: with
+    /// no release since, the table equals the one before them.
+    #[test]
+    fn truncate_keeps_the_invariants() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for (slots, window, sinks) in [(6, 2, 0), (8, 3, 2), (5, 0, 1), (7, 7, 0), (9, 1, 3)] {
+            let mut s = SlotTable::new(slots, window, sinks).unwrap();
+            let mut pos = 0u64;
+            for _ in 0..400 {
+                match next(3) {
+                    0 if s.vacant_slot().is_some() => {
+                        insert(&mut s, pos);
+                        pos += 1;
+                    }
+                    1 if !s.candidates().is_empty() => {
+                        let c = s.candidates()[next(s.candidates().len() as u64) as usize];
+                        s.release(c);
+                    }
+                    _ => {
+                        let n = next(4);
+                        if n <= pos && s.count_from(pos - n) == n as usize {
+                            s.truncate(pos - n, pos);
+                            pos -= n;
+                        }
+                    }
+                }
+                assert_invariants(&s, pos);
+                // Insertions followed by their truncation change nothing.
+                let before = s.clone();
+                let mut added = 0;
+                while added < 3 && s.vacant_slot().is_some() {
+                    insert(&mut s, pos + added);
+                    added += 1;
+                }
+                s.truncate(pos, pos + added);
+                assert_invariants(&s, pos);
+                assert_eq!(s.states(), before.states());
+                assert_eq!(s.free, before.free);
+                assert_eq!(s.recent, before.recent);
+                let mut a = s.candidates().to_vec();
+                let mut b = before.candidates().to_vec();
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b);
+            }
+        }
     }
 
     #[test]

@@ -76,7 +76,8 @@ mod tests {
         let (free, recent) =
             (c.planner().slots().free_slots().len(), c.planner().slots().recent().count());
         let lists = 8 * (free + recent + c.last_evicted().len());
-        assert_eq!(c.snapshot().len(), len * (16 + 2 * 3 * 4) + hw + lists + 110);
+        // Per token: position, score, key, value, then last weight and count.
+        assert_eq!(c.snapshot().len(), len * (16 + 2 * 3 * 4 + 16) + hw + lists + 110);
     }
 
     #[test]

@@ -62,8 +62,8 @@ fn le_u64(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes.try_into().unwrap_or_default())
 }
 
-/// Checks the frame and returns the payload.
-fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
+/// Checks the frame and returns the format version and the payload.
+fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<(u16, &[u8])> {
     let truncated =
         |needed: usize| Error::Snapshot(SnapshotError::Truncated { needed, got: bytes.len() });
     if bytes.len() < MAGIC.len() {
@@ -81,7 +81,7 @@ fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
         return Err(truncated(HEADER));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(Error::Snapshot(SnapshotError::Version {
             found: version,
             supported: SNAPSHOT_VERSION,
@@ -125,7 +125,7 @@ fn unframe(bytes: &[u8], kind: u8, tag: u8) -> Result<&[u8]> {
             found: element_name(found_tag),
         }));
     }
-    Ok(&body[HEADER..])
+    Ok((version, &body[HEADER..]))
 }
 
 pub(super) fn invalid(reason: &'static str) -> Error {
@@ -136,13 +136,21 @@ pub(super) fn invalid(reason: &'static str) -> Error {
 /// already checked the declared length).
 pub(super) struct Reader<'a> {
     bytes: &'a [u8],
+    version: u16,
 }
 
 impl<'a> Reader<'a> {
     /// Checks the frame of a `kind` snapshot of `tag` elements and starts at
     /// its payload.
     pub(super) fn open(bytes: &'a [u8], kind: u8, tag: u8) -> Result<Self> {
-        Ok(Reader { bytes: unframe(bytes, kind, tag)? })
+        let (version, bytes) = unframe(bytes, kind, tag)?;
+        Ok(Reader { bytes, version })
+    }
+
+    /// The format version of the snapshot being read (1 to
+    /// [`SNAPSHOT_VERSION`]).
+    pub(super) fn version(&self) -> u16 {
+        self.version
     }
 
     /// Bytes of payload not read yet.

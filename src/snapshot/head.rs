@@ -24,6 +24,9 @@ pub(super) struct HeadState<T> {
     states: Vec<SlotState>,
     /// Occupied slots in slot order: (slot, position, score).
     pub(super) tokens: Vec<(usize, u64, f64)>,
+    /// `(last_weight, attended)` of each token, in the order of `tokens`;
+    /// empty for a version-1 snapshot.
+    stats: Vec<(f64, u64)>,
     /// `[tokens × head_dim]` each, in the order of `tokens`.
     keys: Vec<T>,
     values: Vec<T>,
@@ -57,6 +60,10 @@ pub(super) fn put_head<T: SnapshotElement, P: SnapshotPolicy>(
         let (key, value) = cache.rows_of(s);
         key.iter().for_each(|x| x.put(out));
         value.iter().for_each(|x| x.put(out));
+    }
+    for (_, c) in cache.planner().residents() {
+        put_f64(out, c.last_weight);
+        put_u64(out, c.attended);
     }
     put_usize(out, slots.free_slots().len());
     slots.free_slots().iter().for_each(|&s| put_usize(out, s));
@@ -130,6 +137,20 @@ pub(super) fn get_head<T: SnapshotElement>(r: &mut Reader<'_>) -> Result<HeadSta
             }
         }
     }
+    let mut stats = Vec::new();
+    if r.version() >= 2 {
+        if tokens.len().checked_mul(16).is_none_or(|b| b > r.remaining()) {
+            return Err(invalid("payload shorter than its token statistics"));
+        }
+        stats.reserve_exact(tokens.len());
+        for _ in 0..tokens.len() {
+            let (last, attended) = (r.f64()?, r.u64()?);
+            if !(last.is_finite() && last >= 0.0) {
+                return Err(invalid("a last weight is negative or not finite"));
+            }
+            stats.push((last, attended));
+        }
+    }
     let free = r.slot_list()?;
     let recent = r.slot_list()?;
     let n = r.count(8)?;
@@ -141,6 +162,7 @@ pub(super) fn get_head<T: SnapshotElement>(r: &mut Reader<'_>) -> Result<HeadSta
         next_position,
         states,
         tokens,
+        stats,
         keys,
         values,
         free,
@@ -164,6 +186,7 @@ pub(super) fn apply<T: Element, P: EvictionPolicy>(
         .restore(
             &head.states,
             &head.tokens,
+            &head.stats,
             &head.keys,
             &head.values,
             &head.free,

@@ -28,7 +28,8 @@ impl<T: SnapshotElement, P: SnapshotPolicy> LayerCache<T, P> {
     /// # Errors
     /// As [`Cache::from_snapshot`]; [`SnapshotError::Mismatch`](crate::SnapshotError::Mismatch) for a
     /// single-head snapshot, and [`SnapshotError::Invalid`](crate::SnapshotError::Invalid) if the heads
-    /// disagree on policy, `head_dim`, scale, token count or next position.
+    /// disagree on `head_dim`, scale or next position (their policies and
+    /// budgets may differ, as in [`LayerCache::with_head_policies`]).
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::open(bytes, KIND_LAYER, T::TAG)?;
         let (n_heads, n_kv_heads) = (r.usize()?, r.usize()?);
@@ -47,18 +48,18 @@ impl<T: SnapshotElement, P: SnapshotPolicy> LayerCache<T, P> {
             return Err(invalid("bytes left over after the layer"));
         }
         let first = &heads[0];
+        // Heads may differ in policy and budget (hence in token count), not
+        // in shape, scale or position.
         let agree = |h: &HeadState<T>| {
-            h.policy == first.policy
-                && h.head_dim == first.head_dim
+            h.head_dim == first.head_dim
                 && h.scale.to_bits() == first.scale.to_bits()
                 && h.next_position == first.next_position
-                && h.tokens.len() == first.tokens.len()
         };
         if !heads.iter().all(agree) {
             return Err(invalid("the layer's heads disagree"));
         }
-        let policy = restore::<P>(first.policy)?;
-        let mut layer = LayerCache::new(n_heads, n_kv_heads, first.head_dim, policy)
+        let policies = heads.iter().map(|h| restore::<P>(h.policy)).collect::<Result<Vec<_>>>()?;
+        let mut layer = LayerCache::with_head_policies(n_heads, first.head_dim, policies)
             .and_then(|l| l.with_scale(first.scale))
             .map_err(config_error)?;
         for (cache, head) in layer.heads_mut().iter_mut().zip(&heads) {

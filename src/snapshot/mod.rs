@@ -16,16 +16,20 @@
 //! value. Slot order matters because attention sums over slots in slot order,
 //! so a restored cache keeps every token in the slot it had.
 //!
+//! Each token's last attention weight and attention count
+//! ([`Candidate::last_weight`](crate::Candidate::last_weight),
+//! [`Candidate::attended`](crate::Candidate::attended)) are saved too (format
+//! version 2): TOVA ranks by the first and mean score by the second, so a
+//! restored cache under either decides exactly as the original. Version 1
+//! snapshots (without them) are still read; both then restart at 0, which
+//! changes nothing for the policies that rank by accumulated score or
+//! position.
+//!
 //! Not saved: the rows of free slots (never read as tokens), the attention
 //! scratch, and so [`Cache::last_attention`], which is empty after a restore
-//! until the next attention; and each token's last attention weight and
-//! attention count ([`Candidate::last_weight`](crate::Candidate::last_weight),
-//! [`Candidate::attended`](crate::Candidate::attended)), which restart at 0:
-//! no built-in policy reads them, so a restored cache still decides and
-//! computes bit-identically. A policy that ranks by them needs format
-//! version 2.
+//! until the next attention.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //! All integers little-endian; floats as their IEEE-754 bits.
 //!
 //! | bytes | field |
@@ -43,8 +47,11 @@
 //! slots u64, high-water mark u64, one state byte per slot below the mark
 //! (0 free, 1 candidate, 2 recent), then for each occupied slot in slot order
 //! its position u64, score f64, key and value (`head_dim` elements each);
-//! then three counted u64 lists: the free stack bottom first, the recent ring
-//! oldest first, and the last evicted positions.
+//! then (version 2 only) for each occupied slot in slot order its last
+//! weight f64 and attention count u64; then three counted u64 lists: the
+//! free stack bottom first, the recent ring oldest first, and the last
+//! evicted positions. Version 1 is the same without the last weights and
+//! counts.
 //!
 //! # Errors, never panics
 //! Reading checks, in order: length, magic, version, checksum, kind, element
@@ -70,7 +77,9 @@ pub use policy::SnapshotPolicy;
 use crate::{Cache, LayerCache};
 
 /// The snapshot format version this build writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 1;
+/// Version 2 added each token's last weight and attention count; version 1
+/// snapshots are still read (both restart at 0).
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 mod sealed {
     /// Keeps [`SnapshotElement`](super::SnapshotElement) and

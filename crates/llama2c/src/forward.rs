@@ -9,7 +9,7 @@
 //! residual; RMSNorm; SwiGLU FFN `w2 · (silu(w1 x) ⊙ w3 x)` and residual. Then
 //! a final RMSNorm and the classifier.
 
-use h2o_kv::{AnyPolicy, EvictionPolicy, LayerCache};
+use h2o_kv::{AnyPolicy, EvictionPolicy, LayerCache, ModelCache};
 
 use crate::error::{Error, Result};
 use crate::model::{Model, rope_row};
@@ -165,8 +165,9 @@ impl PlainKv {
 /// Where a decoder keeps its keys and values.
 #[derive(Debug, Clone)]
 enum Kv {
-    /// One h2o-kv layer cache per layer, stepping in the given order.
-    Caches(Vec<LayerCache<f32, AnyPolicy>>, StepOrder),
+    /// An h2o-kv whole-model cache (one layer cache per layer, fed in
+    /// turn), stepping in the given order.
+    Caches(ModelCache<f32, AnyPolicy>, StepOrder),
     /// llama2.c's arrays (see [`PlainKv`]).
     Plain(PlainKv),
 }
@@ -222,12 +223,34 @@ impl<'m> Decoder<'m> {
         }
     }
 
+    /// A decoder on the same model whose caches `derive` builds from this
+    /// one's, stepping in the same order: for example
+    /// [`ModelCache::prefill_from`] or [`ModelCache::adakv_from`] on a full
+    /// cache that took a prompt, so that each bounded cache starts from the
+    /// prompt its own prefill would have kept.
+    ///
+    /// # Errors
+    /// [`Error::Cache`] from `derive`, or
+    /// [`h2o_kv::Error::PrefillSource`] for a decoder on the plain arrays.
+    pub fn derive(
+        &self,
+        derive: impl FnOnce(&ModelCache<f32, AnyPolicy>) -> h2o_kv::Result<ModelCache<f32, AnyPolicy>>,
+    ) -> Result<Self> {
+        let Kv::Caches(cache, order) = &self.kv else {
+            return Err(h2o_kv::Error::PrefillSource {
+                reason: "the plain arrays are not a cache",
+            }
+            .into());
+        };
+        Ok(Self::with_kv(self.model, Kv::Caches(derive(cache)?, *order)))
+    }
+
     /// Whether this decoder can go past the model's `seq_len`: its caches
     /// evict, so they never hold more than their budget. The full cache and
     /// the plain arrays hold every position and stop at `seq_len`.
     pub fn evicts(&self) -> bool {
         match &self.kv {
-            Kv::Caches(layers, _) => layers[0].heads()[0].policy().evicts(),
+            Kv::Caches(cache, _) => cache.layers()[0].heads()[0].policy().evicts(),
             Kv::Plain(_) => false,
         }
     }
@@ -236,7 +259,7 @@ impl<'m> Decoder<'m> {
     /// range (for inspection: eviction maps, traces).
     pub fn layer(&self, l: usize) -> Option<&LayerCache<f32, AnyPolicy>> {
         match &self.kv {
-            Kv::Caches(layers, _) => layers.get(l),
+            Kv::Caches(cache, _) => cache.layer(l),
             _ => None,
         }
     }
@@ -244,7 +267,7 @@ impl<'m> Decoder<'m> {
     /// Position of the next token (tokens decoded since the last reset).
     pub fn position(&self) -> u64 {
         match &self.kv {
-            Kv::Caches(layers, _) => layers[0].next_position(),
+            Kv::Caches(cache, _) => cache.position(),
             Kv::Plain(p) => p.len as u64,
         }
     }
@@ -252,7 +275,7 @@ impl<'m> Decoder<'m> {
     /// Key and value bytes resident in all layers.
     pub fn kv_bytes(&self) -> usize {
         match &self.kv {
-            Kv::Caches(layers, _) => layers.iter().map(LayerCache::kv_bytes).sum(),
+            Kv::Caches(cache, _) => cache.kv_bytes(),
             Kv::Plain(p) => {
                 let c = &self.model.config;
                 p.len * c.n_layers * 2 * c.kv_dim() * size_of::<f32>()
@@ -263,7 +286,7 @@ impl<'m> Decoder<'m> {
     /// Empties every cache; the next token is at position 0.
     pub fn reset(&mut self) {
         match &mut self.kv {
-            Kv::Caches(layers, _) => layers.iter_mut().for_each(LayerCache::reset),
+            Kv::Caches(cache, _) => cache.reset(),
             Kv::Plain(p) => p.len = 0,
         }
     }
@@ -310,7 +333,7 @@ impl<'m> Decoder<'m> {
             rope(&mut self.k, table);
             let (q, k, v) = (&self.q, &self.k, &self.v);
             let out = match &mut self.kv {
-                Kv::Caches(layers, order) => layers[l].step_with(*order, q, k, v)?,
+                Kv::Caches(cache, order) => cache.step_with(l, *order, q, k, v)?,
                 Kv::Plain(p) => p.step(m, l, q, k, v),
             };
             self.xb.copy_from_slice(out);
@@ -389,8 +412,8 @@ mod tests {
         }
         assert_eq!(d.position(), 16);
         assert_eq!(d.kv_bytes(), 4 * 2 * 2 * 2 * 2 * 4);
-        let Kv::Caches(layers, _) = &d.kv else { unreachable!() };
-        for head in layers.iter().flat_map(|l| l.heads()) {
+        let Kv::Caches(cache, _) = &d.kv else { unreachable!() };
+        for head in cache.layers().iter().flat_map(|l| l.heads()) {
             assert!(
                 head.resident_positions().ends_with(&[14, 15]),
                 "{:?}",

@@ -2,9 +2,10 @@
 //! bounded caches, and a measurement of what each policy costs in quality.
 //!
 //! The model: 5 layers, 8 query heads sharing 4 KV heads of dimension 8, a
-//! 512-token context and a 512-token vocabulary. Every layer keeps one
-//! [`h2o_kv::LayerCache`] under the chosen policy; RoPE is applied to queries
-//! and keys at the absolute position before the key is cached.
+//! 512-token context and a 512-token vocabulary. The decoder keeps one
+//! [`h2o_kv::ModelCache`] (a [`h2o_kv::LayerCache`] per layer, fed in turn)
+//! under the chosen policy; RoPE is applied to queries and keys at the
+//! absolute position before the key is cached.
 //!
 //! This crate is a runner, not a library to depend on (it is not published):
 //! the `llama2c` binary (`cargo run --release -p llama2c -- --help`), its
@@ -17,6 +18,7 @@
 //! | [`forward`] | the forward pass, one token per call, and its K/V store |
 //! | [`generate`] | sampling and `run.c`'s generation loop |
 //! | [`eval`] | the teacher-forced comparison of policies and budgets |
+//! | [`prompt_eval`] | prompt-then-continue: Ada-KV's per-head budgets against equal heads |
 //! | [`policy`] | policy names and budgets in tokens |
 //! | [`files`] | where the model, tokenizer and data files are looked up |
 //! | [`error`] | the one error type |
@@ -29,4 +31,5 @@ pub mod forward;
 pub mod generate;
 pub mod model;
 pub mod policy;
+pub mod prompt_eval;
 pub mod tokenizer;

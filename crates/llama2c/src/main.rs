@@ -142,6 +142,50 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Prompt then continue: after `--prompt` tokens through a full cache, each
+    /// configuration derives its cache (equal heads, or Ada-KV's per-head budgets)
+    /// and decodes the rest of the window; perplexity of the continuation.
+    PromptEval {
+        /// Story file [default: tinystories_valid_sample.txt, as for `eval`].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Prompt tokens per window.
+        #[arg(long, default_value_t = 256)]
+        prompt: usize,
+        /// Tokens per KV head (Ada-KV: on average; the layer total is n_kv_heads × this).
+        #[arg(long, value_delimiter = ',', default_values_t = [8, 16, 32, 64])]
+        budgets: Vec<usize>,
+        /// Ada-KV safeguards (each head keeps at least this share of an equal split).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.2, 0.5])]
+        safeguards: Vec<f64>,
+        /// Policies (heavy fraction 0.5 where it applies).
+        #[arg(long, value_delimiter = ',', default_values = ["h2o", "heavy"])]
+        policies: Vec<CliPolicy>,
+        /// Use only the first N windows (0: all).
+        #[arg(long, default_value_t = 0)]
+        windows: usize,
+    },
+}
+
+/// The policies `prompt-eval` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CliPolicy {
+    /// Heavy hitters plus a recent window.
+    H2o,
+    /// Heavy hitters plus the newest token.
+    Heavy,
+    /// Mean score with a recent window.
+    Mean,
+}
+
+impl From<CliPolicy> for h2o_kv::PolicyKind {
+    fn from(p: CliPolicy) -> Self {
+        match p {
+            CliPolicy::H2o => h2o_kv::PolicyKind::H2O,
+            CliPolicy::Heavy => h2o_kv::PolicyKind::Heavy,
+            CliPolicy::Mean => h2o_kv::PolicyKind::MeanScore,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -293,6 +337,54 @@ fn run(cli: Cli) -> Result<()> {
                     .map_err(|e| Error::io(&path, std::io::Error::other(e)))?;
                 eprintln!("wrote {}", path.display());
             }
+        }
+        Command::PromptEval { data, prompt, budgets, safeguards, policies, windows } => {
+            use llama2c::prompt_eval::{self, PromptSpec, Split};
+            let data = data.unwrap_or_else(|| {
+                files::find_or_first(Kind::Data, "tinystories_valid_sample.txt")
+            });
+            let text = std::fs::read_to_string(&data).map_err(|e| Error::io(&data, e))?;
+            let windows = eval::windows(&tokenizer, &text, seq_len, windows);
+            if prompt == 0 || prompt + 1 >= seq_len {
+                return Err(Error::InvalidArgument { what: "--prompt", value: prompt.to_string() });
+            }
+            let mut specs = Vec::new();
+            for &kind in &policies {
+                for &budget in &budgets {
+                    specs.push(PromptSpec { kind: kind.into(), budget, split: Split::Uniform });
+                    for &s in &safeguards {
+                        specs.push(PromptSpec {
+                            kind: kind.into(),
+                            budget,
+                            split: Split::AdaKv(s),
+                        });
+                    }
+                }
+            }
+            eprintln!(
+                "prompt-eval: {} windows of {seq_len} tokens, prompt {prompt}, {} configurations",
+                windows.len(),
+                specs.len()
+            );
+            let start = Instant::now();
+            let tty = std::io::stderr().is_terminal();
+            let progress = |done: usize, total: usize| {
+                if tty {
+                    eprint!("\rprompt-eval: window {done}/{total}");
+                }
+                if done == total {
+                    eprintln!("{}prompt-eval: {total} windows done", if tty { "\n" } else { "" });
+                }
+            };
+            let (full, rows) =
+                prompt_eval::evaluate_after_prompt(&model, &windows, prompt, &specs, &progress)?;
+            println!(
+                "{} windows × {seq_len} tokens, prompt {prompt}, {} predictions after it\n",
+                windows.len(),
+                rows.first().map_or(0, |r| r.predictions)
+            );
+            print!("{}", prompt_eval::prompt_table(full, &rows));
+            eprintln!("prompt-eval: {:.1} s", start.elapsed().as_secs_f64());
         }
     }
     Ok(())

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use h2o_kv::{AnyPolicy, LayerCache};
+use h2o_kv::{AnyPolicy, ModelCache};
 
 use crate::error::{Error, Result};
 
@@ -193,15 +193,14 @@ impl Model {
         })
     }
 
-    /// One empty layer cache per layer, each under `policy`.
+    /// An empty whole-model cache: one layer cache per layer, each under
+    /// `policy`.
     ///
     /// # Errors
     /// [`Error::Cache`] if the cache rejects the head shape or policy.
-    pub fn caches(&self, policy: AnyPolicy) -> Result<Vec<LayerCache<f32, AnyPolicy>>> {
+    pub fn caches(&self, policy: AnyPolicy) -> Result<ModelCache<f32, AnyPolicy>> {
         let c = &self.config;
-        (0..c.n_layers)
-            .map(|_| Ok(LayerCache::new(c.n_heads, c.n_kv_heads, c.head_dim(), policy)?))
-            .collect()
+        Ok(ModelCache::new(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim(), policy)?)
     }
 }
 

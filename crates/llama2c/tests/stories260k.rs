@@ -255,3 +255,36 @@ fn steps_past_the_context_go_on_with_eviction_and_stop_with_the_full_cache() {
     );
     assert!(stopped_at_context > 0 && went_past > 0);
 }
+
+#[test]
+fn ada_kv_after_a_prompt_is_measured_and_safeguard_one_is_uniform() {
+    use llama2c::prompt_eval::{PromptSpec, Split, evaluate_after_prompt, prompt_table};
+    let Some((model, tok)) = load() else { return };
+    let text =
+        std::fs::read_to_string(file(Kind::Data, "tinystories_valid_sample.txt").unwrap()).unwrap();
+    let seq_len = model.config.seq_len;
+    let windows = eval::windows(&tok, &text, seq_len, 2);
+    let kind = h2o_kv::PolicyKind::H2O;
+    let mut specs = Vec::new();
+    for budget in [16, 32] {
+        for split in [Split::Uniform, Split::AdaKv(0.2), Split::AdaKv(1.0)] {
+            specs.push(PromptSpec { kind, budget, split });
+        }
+    }
+    // A full cache derived from the full cache: the reference itself.
+    let full =
+        PromptSpec { kind: h2o_kv::PolicyKind::Full, budget: seq_len, split: Split::Uniform };
+    specs.push(full);
+    let (full_ppl, rows) =
+        evaluate_after_prompt(&model, &windows, 256, &specs, &|_, _| {}).unwrap();
+    println!("{}", prompt_table(full_ppl, &rows));
+    let last = &rows[rows.len() - 1];
+    assert_eq!(last.ratio, 1.0, "a derived full cache decodes as the reference");
+    assert_eq!(last.top1_agreement, 1.0);
+    for pair in rows[..6].chunks(3) {
+        // Safeguard 1 with a total divisible by the heads is the uniform split.
+        assert_eq!(pair[2].nll_sum, pair[0].nll_sum, "{:?}", pair[2].spec);
+        assert!(pair[1].perplexity.is_finite() && pair[1].predictions == pair[0].predictions);
+        assert!(pair[0].ratio.is_finite() && pair[1].ratio.is_finite());
+    }
+}

@@ -2,9 +2,13 @@
 //! each head kept, which it evicted, and their scores. Nothing is recorded
 //! (and nothing costs) unless the caller calls [`Trace::record`] after a
 //! step; the data comes from the planner's read-only views.
+//! [`Trace::eviction_map_svg`] (in `svg.rs`) draws one head's records as an
+//! eviction map.
 
 use crate::planner::Planner;
 use crate::policy::EvictionPolicy;
+
+mod svg;
 
 /// What one head looked like after one call.
 #[derive(Debug, Clone, PartialEq)]
