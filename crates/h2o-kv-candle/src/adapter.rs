@@ -114,12 +114,7 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
     /// [`Error::Shape`], [`Error::DType`], then as [`LayerCache::step`]
     /// (non-finite values, a full cache at capacity).
     pub fn step(&mut self, query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
-        let (h, kv, d) = self.dims();
-        let q = host_rows::<T>("query", query, &[h, d])?;
-        let k = host_rows::<T>("key", key, &[kv, d])?;
-        let v = host_rows::<T>("value", value, &[kv, d])?;
-        let out = self.layer.step(&q, &k, &v)?;
-        output(out, &[h, d], query)
+        TensorLayer(&mut self.layer).step(query, key, value)
     }
 
     /// Prefill of a `[seq, ...]` chunk as one call: `query` `[seq, n_heads,
@@ -135,14 +130,7 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
     /// [`Error::Shape`] (including unequal `seq`), [`Error::DType`], then as
     /// [`LayerCache::prefill`].
     pub fn prefill(&mut self, query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
-        let (h, kv, d) = self.dims();
-        let seq = query.dims().first().copied().unwrap_or(0);
-        let q = host_rows::<T>("query", query, &[seq, h, d])?;
-        let k = host_rows::<T>("key", key, &[seq, kv, d])?;
-        let v = host_rows::<T>("value", value, &[seq, kv, d])?;
-        let mut out = vec![T::default(); seq * h * d];
-        self.layer.prefill(&q, &k, &v, &mut out)?;
-        output(&out, &[seq, h, d], query)
+        TensorLayer(&mut self.layer).prefill(query, key, value)
     }
 
     /// A prefill (shapes as [`prefill`](Self::prefill)) whose one eviction
@@ -190,14 +178,7 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
         key: &Tensor,
         value: &Tensor,
     ) -> Result<Tensor> {
-        let (h, kv, d) = self.dims();
-        let seq = query.dims().first().copied().unwrap_or(0);
-        let q = host_rows::<T>("query", query, &[seq, h, d])?;
-        let k = host_rows::<T>("key", key, &[seq, kv, d])?;
-        let v = host_rows::<T>("value", value, &[seq, kv, d])?;
-        let mut out = vec![T::default(); seq * h * d];
-        self.layer.prefill_snapkv(snap, &q, &k, &v, &mut out)?;
-        output(&out, &[seq, h, d], query)
+        TensorLayer(&mut self.layer).prefill_snapkv(snap, query, key, value)
     }
 
     /// What [`prefill`](Self::prefill) of the prompt `source` holds would
@@ -262,6 +243,76 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
         key: &Tensor,
         value: &Tensor,
     ) -> Result<Tensor> {
+        TensorLayer(&mut self.layer).step_sequence(query, key, value)
+    }
+}
+
+/// A layer cache owned elsewhere (a [`ModelCache`](h2o_kv::ModelCache)'s
+/// layer, handed out under its turn rule), driven with tensors: the bodies
+/// of [`TensorLayerCache`]'s calls.
+pub(crate) struct TensorLayer<'a, T: Element, P: EvictionPolicy>(
+    pub(crate) &'a mut LayerCache<T, P>,
+);
+
+impl<T: Element + WithDType, P: EvictionPolicy> TensorLayer<'_, T, P> {
+    /// See [`TensorLayerCache::step`].
+    pub(crate) fn step(&mut self, query: &Tensor, key: &Tensor, value: &Tensor) -> Result<Tensor> {
+        let (h, kv, d) = self.dims();
+        let q = host_rows::<T>("query", query, &[h, d])?;
+        let k = host_rows::<T>("key", key, &[kv, d])?;
+        let v = host_rows::<T>("value", value, &[kv, d])?;
+        let out = self.0.step(&q, &k, &v)?;
+        output(out, &[h, d], query)
+    }
+
+    /// See [`TensorLayerCache::prefill`].
+    pub(crate) fn prefill(
+        &mut self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+    ) -> Result<Tensor> {
+        self.prefill_with(None, query, key, value)
+    }
+
+    /// See [`TensorLayerCache::prefill_snapkv`].
+    pub(crate) fn prefill_snapkv(
+        &mut self,
+        snap: &SnapKv,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+    ) -> Result<Tensor> {
+        self.prefill_with(Some(snap), query, key, value)
+    }
+
+    fn prefill_with(
+        &mut self,
+        snap: Option<&SnapKv>,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+    ) -> Result<Tensor> {
+        let (h, kv, d) = self.dims();
+        let seq = query.dims().first().copied().unwrap_or(0);
+        let q = host_rows::<T>("query", query, &[seq, h, d])?;
+        let k = host_rows::<T>("key", key, &[seq, kv, d])?;
+        let v = host_rows::<T>("value", value, &[seq, kv, d])?;
+        let mut out = vec![T::default(); seq * h * d];
+        match snap {
+            Some(snap) => self.0.prefill_snapkv(snap, &q, &k, &v, &mut out)?,
+            None => self.0.prefill(&q, &k, &v, &mut out)?,
+        }
+        output(&out, &[seq, h, d], query)
+    }
+
+    /// See [`TensorLayerCache::step_sequence`].
+    pub(crate) fn step_sequence(
+        &mut self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+    ) -> Result<Tensor> {
         let (h, kv, d) = self.dims();
         let seq = query.dims().first().copied().unwrap_or(0);
         let q = host_rows::<T>("query", query, &[seq, h, d])?;
@@ -275,7 +326,7 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
         }
         let mut out = vec![T::default(); seq * h * d];
         for i in 0..seq {
-            let o = self.layer.step(
+            let o = self.0.step(
                 &q[i * h * d..][..h * d],
                 &k[i * kv * d..][..kv * d],
                 &v[i * kv * d..][..kv * d],
@@ -286,7 +337,7 @@ impl<T: Element + WithDType, P: EvictionPolicy> TensorLayerCache<T, P> {
     }
 
     fn dims(&self) -> (usize, usize, usize) {
-        (self.layer.n_heads(), self.layer.n_kv_heads(), self.layer.head_dim())
+        (self.0.n_heads(), self.0.n_kv_heads(), self.0.head_dim())
     }
 }
 

@@ -9,7 +9,7 @@
 //!   selection; a prefill derived from a full cache's), for your own model code.
 //! - [`llama`]: a Llama-family GGUF model (SmolLM2, Llama, TinyLlama, ...)
 //!   with quantized weights through candle's `QMatMul`, one policy and budget
-//!   per layer ([`llama::LlamaCache`]), the tokenizer built from the GGUF's own
+//!   per layer ([`llama::LlamaCache`], an [`h2o_kv::ModelCache`] underneath), the tokenizer built from the GGUF's own
 //!   vocabulary and merges, and the chat template; one prompt prefilled into
 //!   many caches with one attention ([`llama::Llama::prefill_shared`]) and
 //!   their decode steps batched ([`llama::Llama::decode_shared`]).

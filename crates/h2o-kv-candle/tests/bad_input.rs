@@ -111,7 +111,7 @@ fn an_evicting_policy_decodes_past_the_context() {
         assert!(logits.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
     }
     assert_eq!(cache.next_position(), 52);
-    assert!(cache.layers().iter().all(|l| l.layer().len() == 8));
+    assert!(cache.layers().iter().all(|l| l.len() == 8));
 }
 
 #[test]

@@ -125,10 +125,10 @@ fn a_snapkv_cache_prefills_alone_as_in_a_shared_prefill() {
     // A prefill's own activations do not depend on what it evicts at the end.
     assert_eq!(first, logits);
     for (a, b) in alone.layers().iter().zip(shared[1].layers()) {
-        assert_eq!(a.layer().snapshot(), b.layer().snapshot());
+        assert_eq!(a.snapshot(), b.snapshot());
     }
     // SnapKV kept something else than the column sums, and the window.
-    let pos = |c: &LlamaCache| c.layers().iter().map(|l| positions(l.layer())).collect::<Vec<_>>();
+    let pos = |c: &LlamaCache| c.layers().iter().map(positions).collect::<Vec<_>>();
     assert_ne!(pos(&shared[1]), pos(&shared[2]));
     for layer in pos(&shared[1]) {
         for head in layer {
@@ -167,7 +167,7 @@ fn a_batched_decode_step_equals_one_step_per_cache() {
             let scale = one.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(diff <= 1e-4 * scale.max(1.0), "step {step}, cache {i}: {diff} of {scale}");
             for (a, b) in cache.layers().iter().zip(caches[i].layers()) {
-                assert_eq!(positions(a.layer()), positions(b.layer()));
+                assert_eq!(positions(a), positions(b));
             }
         }
     }
@@ -197,8 +197,7 @@ fn scored(c: &LlamaCache) -> Vec<Vec<Vec<(u64, f64)>>> {
     c.layers()
         .iter()
         .map(|l| {
-            l.layer()
-                .heads()
+            l.heads()
                 .iter()
                 .map(|h| {
                     let mut t: Vec<(u64, f64)> =

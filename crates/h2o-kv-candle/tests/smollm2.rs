@@ -214,8 +214,8 @@ fn teacher_forcing_equals_token_by_token_decoding_under_eviction() {
             assert!(diff <= 1e-4, "{policy:?}: position {i} differs by {diff}");
         }
         for (a, b) in batched.layers().iter().zip(stepped.layers()) {
-            let pos = |l: &h2o_kv_candle::TensorLayerCache| {
-                l.layer().heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
+            let pos = |l: &h2o_kv::LayerCache<f32, h2o_kv::AnyPolicy>| {
+                l.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
             };
             assert_eq!(pos(a), pos(b), "{policy:?}: the caches keep the same tokens");
         }
@@ -252,8 +252,8 @@ fn a_shared_prefill_equals_separate_prefills() {
         let diff = (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(diff <= 1e-3, "cache {i}: decoding after the shared prefill differs by {diff}");
         for (x, y) in alone.layers().iter().zip(shared[i].layers()) {
-            let pos = |l: &h2o_kv_candle::TensorLayerCache| {
-                l.layer().heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
+            let pos = |l: &h2o_kv::LayerCache<f32, h2o_kv::AnyPolicy>| {
+                l.heads().iter().map(|h| h.resident_positions()).collect::<Vec<_>>()
             };
             assert_eq!(pos(x), pos(y), "cache {i}: the same tokens stay");
         }

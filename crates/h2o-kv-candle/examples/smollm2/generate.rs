@@ -157,7 +157,7 @@ pub fn run(a: &Args) -> Result<()> {
     let mut trace = a.eviction_map.as_ref().map(|_| Trace::default());
     let record = |trace: &mut Option<Trace>, cache: &LlamaCache| {
         if let Some(t) = trace {
-            t.record(a.map_head, cache.layers()[map_layer].layer().heads()[a.map_head].planner());
+            t.record(a.map_head, cache.layers()[map_layer].heads()[a.map_head].planner());
         }
     };
     let mut rng = Rng::new(a.seed);

@@ -1,13 +1,16 @@
 //! [`LlamaCache`]: one sequence's KV caches, one per layer.
 
-use h2o_kv::{AnyPolicy, EvictionPolicy, Full, LayerCache, SnapKv};
+use h2o_kv::{AnyPolicy, EvictionPolicy, Full, LayerCache, ModelCache, SnapKv};
 
 use super::config::Config;
-use crate::adapter::TensorLayerCache;
+use crate::adapter::TensorLayer;
 use crate::error::{Error, Result};
 
 /// One sequence's KV caches for every layer of a [`Llama`](super::Llama):
-/// a policy and budget per layer (the same for all, or a list).
+/// a policy and budget per layer (the same for all, or a list), held in one
+/// [`h2o_kv::ModelCache`] (one position counter; the model drives its layers
+/// in turn, and [`model`](Self::model) gives read access to everything it
+/// offers, such as snapshots and per-layer inspection).
 ///
 /// The model weights are shared and immutable; a `LlamaCache` is the state of
 /// one sequence, so many can run on one model (one per policy in an eval, one
@@ -31,13 +34,13 @@ use crate::error::{Error, Result};
 /// let schedule: Vec<AnyPolicy> =
 ///     [32, 16, 8].iter().map(|&b| Recent::new(b).map(Into::into)).collect::<Result<_, _>>()?;
 /// let cache = LlamaCache::per_layer(&config, &schedule)?;
-/// assert_eq!(cache.layers()[2].layer().budget(), 8);
+/// assert_eq!(cache.layers()[2].budget(), 8);
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct LlamaCache {
-    layers: Vec<TensorLayerCache<f32, AnyPolicy>>,
+    model: ModelCache<f32, AnyPolicy>,
     /// How a multi-token prefill chooses what stays: `None` by the policy
     /// (column-sum scores), `Some` by SnapKV.
     snapkv: Option<SnapKv>,
@@ -70,14 +73,13 @@ impl LlamaCache {
         if policies.len() != config.n_layers {
             return Err(Error::LayerCount { got: policies.len(), layers: config.n_layers });
         }
-        let layers = policies
-            .iter()
-            .map(|&p| {
-                let layer = LayerCache::new(config.n_heads, config.n_kv_heads, config.head_dim, p)?;
-                Ok(TensorLayerCache::new(layer))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { layers, snapkv: None })
+        let model = ModelCache::with_policies(
+            config.n_heads,
+            config.n_kv_heads,
+            config.head_dim,
+            policies.iter().copied(),
+        )?;
+        Ok(Self { model, snapkv: None })
     }
 
     /// The same cache, whose prompt prefills select the tokens to keep with
@@ -121,35 +123,48 @@ impl LlamaCache {
 
     /// The layers' caches, in layer order.
     #[must_use]
-    pub fn layers(&self) -> &[TensorLayerCache<f32, AnyPolicy>] {
-        &self.layers
+    pub fn layers(&self) -> &[LayerCache<f32, AnyPolicy>] {
+        self.model.layers()
     }
 
-    pub(crate) fn layers_mut(&mut self) -> &mut [TensorLayerCache<f32, AnyPolicy>] {
-        &mut self.layers
+    /// The whole-model cache underneath (read-only: positions, budgets,
+    /// `kv_bytes`, snapshots).
+    #[must_use]
+    pub fn model(&self) -> &ModelCache<f32, AnyPolicy> {
+        &self.model
+    }
+
+    /// Layer `l`, driven with tensors, for a call adding `tokens` tokens
+    /// (checked against the model cache's turn rule).
+    pub(crate) fn layer_in_turn(
+        &mut self,
+        l: usize,
+        tokens: usize,
+    ) -> Result<TensorLayer<'_, f32, AnyPolicy>> {
+        Ok(TensorLayer(self.model.layer_in_turn(l, tokens)?))
     }
 
     /// The position the next token gets (tokens seen so far).
     #[must_use]
     pub fn next_position(&self) -> u64 {
-        self.layers.first().map_or(0, |l| l.layer().next_position())
+        self.model.position()
     }
 
     /// Tokens resident per KV head, summed over layers.
     #[must_use]
     pub fn resident_tokens(&self) -> usize {
-        self.layers.iter().map(|l| l.layer().len()).sum()
+        self.layers().iter().map(LayerCache::len).sum()
     }
 
     /// Key and value bytes held by resident tokens, over all layers and heads.
     #[must_use]
     pub fn kv_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.layer().kv_bytes()).sum()
+        self.model.kv_bytes()
     }
 
     /// Forgets every token; positions restart at 0.
     pub fn reset(&mut self) {
-        self.layers.iter_mut().for_each(|l| l.layer_mut().reset());
+        self.model.reset();
     }
 
     /// Whether `n` more tokens fit: an evicting layer always has room; a full
@@ -158,8 +173,7 @@ impl LlamaCache {
     /// # Errors
     /// [`Error::ContextExceeded`] for the first full layer without room.
     pub fn check_room(&self, n: usize) -> Result<()> {
-        for l in &self.layers {
-            let layer = l.layer();
+        for layer in self.layers() {
             let policy = layer.heads()[0].policy();
             if !policy.evicts() && layer.len() + n > policy.budget() {
                 return Err(Error::ContextExceeded {

@@ -345,7 +345,7 @@ impl Llama {
             let k = self.rope.apply_at(&k, &positions)?;
             rows.clear();
             for (i, cache) in caches.iter_mut().enumerate() {
-                let layer = &mut cache.layers_mut()[l];
+                let mut layer = cache.layer_in_turn(l, 1)?;
                 rows.push(layer.step(&q.get(i)?, &k.get(i)?, &v.get(i)?)?);
             }
             let attn = Tensor::stack(&rows, 0)?.reshape((n, c.dim))?;
@@ -402,7 +402,7 @@ impl Llama {
                 let mut first = None;
                 for cache in caches.iter_mut() {
                     let snap = cache.snapkv().copied();
-                    let layer = &mut cache.layers_mut()[l];
+                    let mut layer = cache.layer_in_turn(l, seq)?;
                     let out = match (mode, seq, snap) {
                         (_, 1, _) => layer
                             .step(&q.squeeze(0)?, &k.squeeze(0)?, &v.squeeze(0)?)?
@@ -434,11 +434,11 @@ fn shared_prefill(
     let seq = q.dims()[0];
     let source = caches
         .iter()
-        .position(|c| c.snapkv().is_none() && !c.layers()[l].layer().heads()[0].policy().evicts());
+        .position(|c| c.snapkv().is_none() && !c.layers()[l].heads()[0].policy().evicts());
     let (out, temporary) = match source {
-        Some(s) => (caches[s].layers_mut()[l].prefill(q, k, v)?, None),
+        Some(s) => (caches[s].layer_in_turn(l, seq)?.prefill(q, k, v)?, None),
         None => {
-            let like = caches[0].layers()[l].layer();
+            let like = &caches[0].layers()[l];
             let full = AnyPolicy::from(Full::new(seq)?);
             let layer = LayerCache::new(like.n_heads(), like.n_kv_heads(), like.head_dim(), full)?;
             let mut full = TensorLayerCache::new(layer);
@@ -447,12 +447,12 @@ fn shared_prefill(
     };
     for i in (0..caches.len()).filter(|&i| Some(i) != source) {
         if let Some(snap) = caches[i].snapkv().copied() {
-            caches[i].layers_mut()[l].prefill_snapkv(&snap, q, k, v)?;
+            caches[i].layer_in_turn(l, seq)?.prefill_snapkv(&snap, q, k, v)?;
         } else if let Some(full) = &temporary {
-            caches[i].layers_mut()[l].prefill_from(full)?;
+            caches[i].layer_in_turn(l, seq)?.0.prefill_from(full.layer())?;
         } else if let Some(s) = source {
             let (target, from) = pair(caches, i, s);
-            target.layers_mut()[l].prefill_from(&from.layers()[l])?;
+            target.layer_in_turn(l, seq)?.0.prefill_from(&from.layers()[l])?;
         }
     }
     Ok(out)
