@@ -88,7 +88,7 @@ impl LlamaCache {
     /// prompt tokens, at least the policy's recent window) and the sinks,
     /// plus the prompt tokens those last queries attended to most, max-pooled
     /// over `snap.kernel()` neighbours (see
-    /// [`TensorLayerCache::prefill_snapkv`]). Decode steps run under each
+    /// [`TensorLayerCache::prefill_snapkv`](crate::TensorLayerCache::prefill_snapkv)). Decode steps run under each
     /// layer's policy as before. The paper's setting is an H2O policy whose
     /// recent window is the observation window (`H2O::new(budget − 32, 32)`
     /// with `SnapKv::default()`).
