@@ -31,28 +31,33 @@ pub fn find_data(explicit: Option<&Path>, name: &str, hint: &str) -> Result<Path
 }
 
 fn find(explicit: Option<&Path>, name: &str, hint: &str, var: &str, dir: &str) -> Result<PathBuf> {
-    let mut tried = Vec::new();
     if let Some(p) = explicit {
         if p.is_file() {
             return Ok(p.to_path_buf());
         }
-        tried.push(p.to_path_buf());
-    } else {
-        let mut dirs = Vec::new();
-        if let Some(d) = std::env::var_os(var) {
-            dirs.push(PathBuf::from(d));
+        // Name the file the user gave, not the default.
+        let name = p.display().to_string();
+        return Err(Error::NotFound {
+            name,
+            searched: vec![p.to_path_buf()],
+            hint: hint.to_string(),
+        });
+    }
+    let mut tried = Vec::new();
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os(var) {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(PathBuf::from(dir));
+    dirs.push(Path::new("..").join("shared").join(dir));
+    // Tests and examples run from the crate directory inside the workspace.
+    dirs.push(Path::new("../../..").join("shared").join(dir));
+    for d in dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
         }
-        dirs.push(PathBuf::from(dir));
-        dirs.push(Path::new("..").join("shared").join(dir));
-        // Tests and examples run from the crate directory inside the workspace.
-        dirs.push(Path::new("../../..").join("shared").join(dir));
-        for d in dirs {
-            let p = d.join(name);
-            if p.is_file() {
-                return Ok(p);
-            }
-            tried.push(p);
-        }
+        tried.push(p);
     }
     Err(Error::NotFound { name: name.to_string(), searched: tried, hint: hint.to_string() })
 }

@@ -45,9 +45,10 @@ pub struct Args {
     /// (PyramidKV: linear decreasing from the first layer to the last).
     #[arg(long, default_value = "uniform", value_parser = common::parse_schedule)]
     schedule: LayerSchedule,
-    /// Tokens kept per head: a number, or a percentage of prompt + steps (e.g. 20%).
-    #[arg(long, default_value = "20%")]
-    budget: Budget,
+    /// Tokens kept per head: a number, or a percentage of prompt + steps
+    /// (default 20%). Needs an evicting --policy.
+    #[arg(long)]
+    budget: Option<Budget>,
     /// H2O's heavy-hitter share of the budget.
     #[arg(long, default_value_t = 0.5)]
     heavy_fraction: f64,
@@ -125,7 +126,12 @@ pub fn run(a: &Args) -> Result<()> {
         prompt.insert(0, tok.bos_id().ok_or("the GGUF names no BOS token")?);
     }
     let context = model.config().context_length;
-    let budget = a.budget.tokens(prompt.len() + a.steps);
+    if a.policy == Method::FULL && a.budget.is_some() {
+        return Err("--budget needs an evicting --policy: the full cache keeps every token up to \
+                    the model's context"
+            .into());
+    }
+    let budget = a.budget.unwrap_or(Budget::Percent(20.0)).tokens(prompt.len() + a.steps);
     let (policies, snap) = common::layer_policies(
         a.policy,
         budget,

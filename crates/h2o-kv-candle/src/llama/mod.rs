@@ -57,8 +57,12 @@ pub fn open_gguf(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut reader = BufReader::new(file);
-    let ct = Content::read(&mut reader)
-        .map_err(|e| Error::NotGguf { path: path.to_path_buf(), reason: e.to_string() })?;
+    let ct = Content::read(&mut reader).map_err(|e| {
+        // candle appends a backtrace to its message when RUST_BACKTRACE is
+        // set: keep the first line, the reason.
+        let reason = e.to_string().lines().next().unwrap_or_default().to_string();
+        Error::NotGguf { path: path.to_path_buf(), reason }
+    })?;
     let mut infos: Vec<_> = ct.tensor_infos.iter().collect();
     infos.sort_by_key(|(_, i)| i.offset);
     for (name, info) in infos {
