@@ -8,7 +8,6 @@ use h2o_kv_candle::Error;
 use h2o_kv_candle::llama::LlamaCache;
 
 use crate::common::{self, Budget, Method, Result, Rng};
-use crate::eviction_map::EvictionMap;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -210,19 +209,16 @@ pub fn run(a: &Args) -> Result<()> {
     }
     if let (Some(path), Some(trace)) = (&a.eviction_map, &trace) {
         let policy = policies[map_layer];
-        let map = EvictionMap::from_trace(trace.steps(), policy.recent_window(), policy.sinks());
         let title = format!(
             "SmolLM2-135M, {} keeping {} tokens: layer {map_layer}, KV head {}",
             a.policy.name(),
             policy.budget(),
             a.map_head
         );
-        map.render_svg(path, &title)?;
-        let (resident, heavy, evicted) = map.counts();
-        eprintln!(
-            "eviction map: {} ({resident} resident, {heavy} of them heavy hitters, {evicted} evicted)",
-            path.display()
-        );
+        let svg =
+            trace.eviction_map_svg(a.map_head, policy.recent_window(), policy.sinks(), &title);
+        std::fs::write(path, svg)?;
+        eprintln!("eviction map: {}", path.display());
     }
     Ok(())
 }

@@ -14,7 +14,6 @@
 
 mod bench;
 mod common;
-mod eviction_map;
 mod generate;
 mod passkey;
 mod plot;
